@@ -1,0 +1,30 @@
+"""pdlt: The Principles of Deep Learning Theory (Roberts, Yaida & Hanin), as software.
+
+Compute what the effective theory predicts for an MLP, measure the same statistics on ensembles
+of real PyTorch networks, and compare the two.
+
+>>> import pdlt, numpy as np
+>>> net = pdlt.MLP(activation="tanh", depth=10, width=256, input_dim=3, C_W=1.0)
+>>> x = np.eye(3)
+>>> th = pdlt.kernel(net, x)                            # infinite-width K^(l)
+>>> ms = pdlt.measure(net, x, n_networks=500, seed=0)   # the same, on 500 real networks
+>>> pdlt.compare(th, ms).head()
+"""
+
+from pdlt.activations import Activation, activation
+from pdlt.compare import compare
+from pdlt.experiment.measure import Measurement, measure
+from pdlt.network import MLP
+from pdlt.theory.kernel import Kernel, kernel
+
+__all__ = [
+    "MLP",
+    "Activation",
+    "Kernel",
+    "Measurement",
+    "activation",
+    "compare",
+    "kernel",
+    "measure",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,481 @@
+"""Activation functions: the function, its derivatives, and closed-form Gaussian expectations.
+
+One :class:`Activation` object serves both sides of pdlt: the experiment applies ``act(z)`` to
+real preactivations, the theory asks for ``⟨σ^{(i)}(z_a) σ^{(j)}(z_b)⟩_K`` over a kernel. Where a
+closed form exists (book §5.2 and the arc-cosine kernels of Cho & Saul for the scale-invariant
+family; erf; sin/cos) it is registered on the activation; everything else falls back to the
+quadrature ladder of :mod:`pdlt.gaussian`.
+
+Built-ins (``pdlt.activation(name, **params)``):
+
+==============  ========================================  ===================  ============
+name            σ(z)                                      parameters           closed forms
+==============  ========================================  ===================  ============
+linear          z                                                              (0,0) (1,1)
+relu            max(z, 0)                                                      (0,0) (1,1)
+leaky_relu      z (z ≥ 0), slope·z (z < 0)                slope=0.01           (0,0) (1,1)
+tanh            tanh z
+sin, cos        sin z, cos z                                                   (0,0) (1,1)
+erf             erf z                                                          (0,0) (1,1)
+sigmoid         1/(1 + e^{-z})
+softplus        log(1 + e^z)
+swish (silu)    z·sigmoid(z)
+gelu            z·Φ(z)  (exact, erf form)
+elu             z (z ≥ 0), alpha·(e^z − 1) (z < 0)        alpha=1.0
+selu            scale·elu(z; alpha) with the SELU constants
+==============  ========================================  ===================  ============
+
+Any callable acting elementwise on torch tensors becomes an Activation; its derivatives are
+taken by autograd unless given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+Tensor = torch.Tensor
+TorchFn = Callable[[Tensor], Tensor]
+# A closed form takes the entries (K_aa, K_bb, K_ab) of a 2x2 kernel, broadcast against each
+# other, and returns ⟨σ^{(i)}(z_a) σ^{(j)}(z_b)⟩.
+ClosedForm = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@dataclass(frozen=True, eq=False)
+class Activation:
+    """An elementwise nonlinearity σ with what the theory needs to know about it.
+
+    Attributes
+    ----------
+    name:
+        Registry name, or the user's function name.
+    fn:
+        σ itself, elementwise on torch tensors.
+    d1, d2:
+        σ' and σ'' (elementwise). For kinked activations these are the derivatives almost
+        everywhere; the distributional parts at the kinks are *not* included.
+    kinks:
+        Points where σ or one of its first two derivatives is not smooth. Quadrature splits
+        its intervals there, which restores exponential convergence.
+    homogeneous:
+        ``(a_plus, a_minus)`` for the scale-invariant family σ(z) = a₊z (z≥0), a₋z (z<0), else None.
+    closed_forms:
+        ``{(i, j): f(K_aa, K_bb, K_ab)}`` giving ⟨σ^{(i)}(z_a) σ^{(j)}(z_b)⟩ exactly.
+    params:
+        The parameters the activation was built with.
+    """
+
+    name: str
+    fn: TorchFn
+    d1: TorchFn
+    d2: TorchFn
+    kinks: tuple[float, ...] = ()
+    homogeneous: tuple[float, float] | None = None
+    closed_forms: Mapping[tuple[int, int], ClosedForm] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    params: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    builtin: bool = True
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.fn(z)
+
+    def derivative(self, order: int) -> TorchFn:
+        """σ^{(order)} for order 0, 1, 2."""
+        if order == 0:
+            return self.fn
+        if order == 1:
+            return self.d1
+        if order == 2:
+            return self.d2
+        raise ValueError(f"derivative order must be 0, 1 or 2, got {order!r}")
+
+    @property
+    def smooth(self) -> bool:
+        return not self.kinks
+
+    def __repr__(self) -> str:
+        p = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        return f"Activation({self.name!r}{', ' + p if p else ''})"
+
+
+# --------------------------------------------------------------------------------------------
+# closed forms
+
+
+def _cos_theta(kaa: Tensor, kbb: Tensor, kab: Tensor) -> tuple[Tensor, Tensor]:
+    """(sqrt(K_aa K_bb), cos θ) with the 0/0 of a zero-variance input mapped to cos θ = 0."""
+    norm = torch.sqrt(torch.clamp(kaa * kbb, min=0.0))
+    cos = torch.where(norm > 0, kab / torch.where(norm > 0, norm, 1.0), torch.zeros_like(kab))
+    return norm, torch.clamp(cos, -1.0, 1.0)
+
+
+def _arccos1(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+    """ReLU arc-cosine kernel of degree 1: ⟨relu(z_a) relu(z_b)⟩ = √(K_aa K_bb)/2π [sin θ + (π−θ) cos θ]."""
+    norm, cos = _cos_theta(kaa, kbb, kab)
+    theta = torch.arccos(cos)
+    return norm / (2 * math.pi) * (torch.sqrt(torch.clamp(1 - cos * cos, min=0.0)) + (math.pi - theta) * cos)
+
+
+def _homogeneous_forms(a_plus: float, a_minus: float) -> dict[tuple[int, int], ClosedForm]:
+    """Closed forms for σ(z) = a₊z (z≥0), a₋z (z<0) (book §5.2; Cho & Saul 2009)."""
+    d = (a_plus - a_minus) ** 2
+
+    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+        return a_plus * a_minus * kab + d * _arccos1(kaa, kbb, kab)
+
+    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+        # P(z_a, z_b same sign) = (π − θ)/π, opposite sign θ/π.
+        _, cos = _cos_theta(kaa, kbb, kab)
+        theta = torch.arccos(cos)
+        same = (math.pi - theta) / (2 * math.pi)
+        return (a_plus**2 + a_minus**2) * same + 2 * a_plus * a_minus * (theta / (2 * math.pi))
+
+    return {(0, 0): f00, (1, 1): f11}
+
+
+def _erf_forms() -> dict[tuple[int, int], ClosedForm]:
+    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+        arg = 2 * kab / torch.sqrt((1 + 2 * kaa) * (1 + 2 * kbb))
+        return (2 / math.pi) * torch.arcsin(torch.clamp(arg, -1.0, 1.0))
+
+    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+        # erf' = (2/√π) e^{-z²}: a Gaussian integral of exp(-z_a² - z_b²).
+        det = (1 + 2 * kaa) * (1 + 2 * kbb) - 4 * kab * kab
+        return (4 / math.pi) / torch.sqrt(det)
+
+    return {(0, 0): f00, (1, 1): f11}
+
+
+def _trig_forms(kind: str) -> dict[tuple[int, int], ClosedForm]:
+    """⟨sin sin⟩ = e^{-(K_aa+K_bb)/2} sinh K_ab, ⟨cos cos⟩ = e^{-(K_aa+K_bb)/2} cosh K_ab."""
+
+    def ss(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+        return torch.exp(-(kaa + kbb) / 2) * torch.sinh(kab)
+
+    def cc(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+        return torch.exp(-(kaa + kbb) / 2) * torch.cosh(kab)
+
+    # sin' = cos and cos' = −sin, so (1,1) swaps the two and the sign squares away.
+    return {(0, 0): ss, (1, 1): cc} if kind == "sin" else {(0, 0): cc, (1, 1): ss}
+
+
+def _linear_forms() -> dict[tuple[int, int], ClosedForm]:
+    return {
+        (0, 0): lambda kaa, kbb, kab: kab.clone(),
+        (1, 1): lambda kaa, kbb, kab: torch.ones_like(kab),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# built-in activations
+
+
+def _phi(z: Tensor) -> Tensor:
+    return torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+def _Phi(z: Tensor) -> Tensor:
+    return 0.5 * (1 + torch.erf(z / _SQRT2))
+
+
+def _freeze(d: Mapping) -> Mapping:
+    return MappingProxyType(dict(d))
+
+
+def _homogeneous(name: str, a_plus: float, a_minus: float, **params: float) -> Activation:
+    forms = _linear_forms() if a_plus == a_minus == 1.0 else _homogeneous_forms(a_plus, a_minus)
+    kinks = () if a_plus == a_minus else (0.0,)
+
+    def fn(z: Tensor) -> Tensor:
+        return torch.where(z >= 0, a_plus * z, a_minus * z)
+
+    def d1(z: Tensor) -> Tensor:
+        return torch.where(z >= 0, torch.full_like(z, a_plus), torch.full_like(z, a_minus))
+
+    return Activation(
+        name=name,
+        fn=fn,
+        d1=d1,
+        d2=torch.zeros_like,
+        kinks=kinks,
+        homogeneous=(a_plus, a_minus),
+        closed_forms=_freeze(forms),
+        params=_freeze(params),
+    )
+
+
+def _linear() -> Activation:
+    return _homogeneous("linear", 1.0, 1.0)
+
+
+def _relu() -> Activation:
+    return _homogeneous("relu", 1.0, 0.0)
+
+
+def _leaky_relu(slope: float = 0.01) -> Activation:
+    return _homogeneous("leaky_relu", 1.0, float(slope), slope=float(slope))
+
+
+def _tanh() -> Activation:
+    def d1(z: Tensor) -> Tensor:
+        return 1 - torch.tanh(z) ** 2
+
+    def d2(z: Tensor) -> Tensor:
+        t = torch.tanh(z)
+        return -2 * t * (1 - t * t)
+
+    return Activation("tanh", torch.tanh, d1, d2)
+
+
+def _sin() -> Activation:
+    return Activation(
+        "sin", torch.sin, torch.cos, lambda z: -torch.sin(z), closed_forms=_freeze(_trig_forms("sin"))
+    )
+
+
+def _cos() -> Activation:
+    return Activation(
+        "cos",
+        torch.cos,
+        lambda z: -torch.sin(z),
+        lambda z: -torch.cos(z),
+        closed_forms=_freeze(_trig_forms("cos")),
+    )
+
+
+def _erf() -> Activation:
+    c = 2 / math.sqrt(math.pi)
+    return Activation(
+        "erf",
+        torch.erf,
+        lambda z: c * torch.exp(-z * z),
+        lambda z: -2 * z * c * torch.exp(-z * z),
+        closed_forms=_freeze(_erf_forms()),
+    )
+
+
+def _sigmoid() -> Activation:
+    def d1(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+
+    def d2(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (1 - 2 * s)
+
+    return Activation("sigmoid", torch.sigmoid, d1, d2)
+
+
+def _softplus() -> Activation:
+    def d2(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+
+    return Activation("softplus", torch.nn.functional.softplus, torch.sigmoid, d2)
+
+
+def _swish() -> Activation:
+    def d1(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s + z * s * (1 - s)
+
+    def d2(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+    return Activation("swish", torch.nn.functional.silu, d1, d2)
+
+
+def _gelu() -> Activation:
+    return Activation(
+        "gelu",
+        lambda z: z * _Phi(z),
+        lambda z: _Phi(z) + z * _phi(z),
+        lambda z: _phi(z) * (2 - z * z),
+    )
+
+
+def _elu_parts(alpha: float, scale: float) -> tuple[TorchFn, TorchFn, TorchFn]:
+    def fn(z: Tensor) -> Tensor:
+        return scale * torch.where(z >= 0, z, alpha * torch.expm1(torch.clamp(z, max=0.0)))
+
+    def d1(z: Tensor) -> Tensor:
+        return scale * torch.where(z >= 0, torch.ones_like(z), alpha * torch.exp(torch.clamp(z, max=0.0)))
+
+    def d2(z: Tensor) -> Tensor:
+        return scale * torch.where(z >= 0, torch.zeros_like(z), alpha * torch.exp(torch.clamp(z, max=0.0)))
+
+    return fn, d1, d2
+
+
+def _elu(alpha: float = 1.0) -> Activation:
+    fn, d1, d2 = _elu_parts(float(alpha), 1.0)
+    return Activation("elu", fn, d1, d2, kinks=(0.0,), params=_freeze({"alpha": float(alpha)}))
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _selu() -> Activation:
+    fn, d1, d2 = _elu_parts(_SELU_ALPHA, _SELU_SCALE)
+    return Activation("selu", fn, d1, d2, kinks=(0.0,))
+
+
+_REGISTRY: Mapping[str, Callable[..., Activation]] = MappingProxyType(
+    {
+        "linear": _linear,
+        "relu": _relu,
+        "leaky_relu": _leaky_relu,
+        "tanh": _tanh,
+        "sin": _sin,
+        "cos": _cos,
+        "erf": _erf,
+        "sigmoid": _sigmoid,
+        "softplus": _softplus,
+        "swish": _swish,
+        "gelu": _gelu,
+        "elu": _elu,
+        "selu": _selu,
+    }
+)
+_ALIASES = MappingProxyType({"silu": "swish", "identity": "linear", "leakyrelu": "leaky_relu"})
+
+BUILTIN_ACTIVATIONS: tuple[str, ...] = tuple(_REGISTRY)
+
+
+# --------------------------------------------------------------------------------------------
+# user callables
+
+
+def _autograd_derivative(f: TorchFn) -> TorchFn:
+    def df(z: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = z.detach().clone().requires_grad_(True)
+            y = f(x)
+            (g,) = torch.autograd.grad(y.sum(), x, create_graph=torch.is_grad_enabled())
+        return g
+
+    return df
+
+
+def _autograd_second_derivative(f: TorchFn) -> TorchFn:
+    def d2f(z: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = z.detach().clone().requires_grad_(True)
+            y = f(x)
+            (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+            (h,) = torch.autograd.grad(g.sum(), x, allow_unused=True)
+        return torch.zeros_like(z) if h is None else h.detach()
+
+    return d2f
+
+
+def _check_callable(f: TorchFn, name: str) -> None:
+    """Probe a user callable once: elementwise, finite, differentiable by autograd."""
+    probe = torch.linspace(-12.0, 12.0, 97, dtype=torch.float64)
+    try:
+        out = f(probe)
+    except Exception as exc:  # the user's code: report what it raised, with what we passed
+        raise TypeError(
+            f"activation {name!r} must map a float64 torch tensor to a tensor of the same shape; "
+            f"calling it on torch.linspace(-12, 12, 97) raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"activation {name!r} must return a torch.Tensor, got {type(out).__name__}; "
+            "write it with torch operations (torch.tanh, torch.where, ...)"
+        )
+    if out.shape != probe.shape:
+        raise TypeError(
+            f"activation {name!r} must act elementwise: input shape {tuple(probe.shape)} gave "
+            f"output shape {tuple(out.shape)}"
+        )
+    bad = ~torch.isfinite(out)
+    if bad.any():
+        z = probe[bad][0].item()
+        raise ValueError(
+            f"activation {name!r} returned a non-finite value ({out[bad][0].item()}) at z = {z:g}; "
+            "an activation must be finite on the whole real line"
+        )
+
+
+def activation(
+    spec: str | Activation | TorchFn,
+    /,
+    *,
+    d1: TorchFn | None = None,
+    d2: TorchFn | None = None,
+    kinks: tuple[float, ...] = (),
+    name: str | None = None,
+    **params: float,
+) -> Activation:
+    """Build an :class:`Activation` from a registry name, an Activation, or a user callable.
+
+    Parameters
+    ----------
+    spec:
+        A built-in name (see the module docstring; ``"silu"`` is an alias of ``"swish"``), an
+        Activation (returned unchanged), or a callable acting elementwise on torch tensors.
+    d1, d2:
+        For callables: σ' and σ''. Taken by autograd when omitted.
+    kinks:
+        For callables: points where σ, σ' or σ'' jump, so that quadrature can split there.
+    params:
+        Parameters of a built-in (``slope`` for leaky_relu, ``alpha`` for elu).
+
+    Examples
+    --------
+    >>> pdlt.activation("leaky_relu", slope=0.1)
+    Activation('leaky_relu', slope=0.1)
+    >>> pdlt.activation(lambda z: torch.tanh(z) + 0.1 * z, name="tanh_plus_linear")
+    Activation('tanh_plus_linear')
+    """
+    if isinstance(spec, Activation):
+        if params or d1 or d2 or kinks or name:
+            raise TypeError("an Activation is already complete; pass no further arguments")
+        return spec
+    if isinstance(spec, str):
+        key = _ALIASES.get(spec.lower(), spec.lower())
+        if key not in _REGISTRY:
+            raise ValueError(
+                f"unknown activation {spec!r}; built-ins are {', '.join(BUILTIN_ACTIVATIONS)} "
+                "(or pass any elementwise torch callable)"
+            )
+        if d1 or d2 or kinks or name:
+            raise TypeError(f"d1, d2, kinks and name are for user callables, not built-in {spec!r}")
+        try:
+            return _REGISTRY[key](**params)
+        except TypeError as exc:
+            raise TypeError(f"bad parameters for activation {key!r}: {exc}") from None
+    if callable(spec):
+        if params:
+            raise TypeError(
+                f"keyword parameters {sorted(params)} apply to built-ins only; bind them in your callable"
+            )
+        label = name or getattr(spec, "__name__", "user")
+        if label == "<lambda>":
+            label = "user"
+        _check_callable(spec, label)
+        for k in kinks:
+            if not math.isfinite(k):
+                raise ValueError(f"kinks must be finite floats, got {kinks!r}")
+        return Activation(
+            name=label,
+            fn=spec,
+            d1=d1 if d1 is not None else _autograd_derivative(spec),
+            d2=d2 if d2 is not None else _autograd_second_derivative(spec),
+            kinks=tuple(sorted(float(k) for k in kinks)),
+            builtin=False,
+        )
+    raise TypeError(
+        f"activation must be a name, an Activation or a callable, got {type(spec).__name__}"
+    )

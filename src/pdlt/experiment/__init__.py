@@ -1,0 +1,1 @@
+"""Real networks: batched ensembles, estimators with error bars."""

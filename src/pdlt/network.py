@@ -1,0 +1,209 @@
+"""The network specification: an MLP in the book's conventions (book §2.1, eq. 2.5–2.6).
+
+    z^{(1)}_{i;α}   = b^{(1)}_i   + Σ_j W^{(1)}_{ij} x_{j;α}
+    z^{(ℓ+1)}_{i;α} = b^{(ℓ+1)}_i + Σ_j W^{(ℓ+1)}_{ij} σ(z^{(ℓ)}_{j;α}),      ℓ = 1, …, L−1
+
+with W^{(ℓ)}_{ij} ~ N(0, C_W^{(ℓ)}/n_{ℓ−1}) and b^{(ℓ)}_i ~ N(0, C_b^{(ℓ)}). The output is z^{(L)}
+(no activation on the last layer). ``depth`` is L, the number of weight layers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pdlt.activations import Activation, TorchFn, activation
+
+PerLayer = float | Sequence[float]
+
+
+def _per_layer(name: str, value: PerLayer, depth: int, *, positive: bool) -> tuple[float, ...]:
+    """A scalar or one value per layer → a tuple of ``depth`` validated floats."""
+    if isinstance(value, (numbers.Real, np.floating)) and not isinstance(value, bool):
+        values = (float(value),) * depth
+    elif isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
+        values = tuple(float(v) for v in value)
+        if len(values) != depth:
+            raise ValueError(f"{name} needs one value per layer ({depth}), got {len(values)}")
+    else:
+        raise TypeError(f"{name} must be a float or a sequence of {depth} floats, got {value!r}")
+    for v in values:
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v}")
+        if positive and v <= 0:
+            raise ValueError(f"{name} must be > 0, got {v}")
+        if v < 0:
+            raise ValueError(f"{name} must be ≥ 0 (it is a variance or a learning rate), got {v}")
+    return values
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be ≥ 1, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class MLP:
+    """A multilayer perceptron at initialization, in the book's conventions. Frozen, validated.
+
+    Parameters
+    ----------
+    activation:
+        A built-in name (``"tanh"``, ``"relu"``, …), an :class:`~pdlt.activations.Activation`,
+        or an elementwise torch callable.
+    depth:
+        L, the number of weight layers (so L − 1 hidden layers).
+    width:
+        The hidden widths n_1 … n_{L−1}: one int for all, or a sequence of L − 1 ints.
+    input_dim:
+        n_0.
+    output_dim:
+        n_L (default 1).
+    C_b, C_W:
+        Bias and weight variances, scalars or one per layer (ℓ = 1 … L).
+    lambda_b, lambda_W:
+        Learning-rate multipliers of the book's per-layer convention (ch. 8), scalars or per layer.
+
+    Examples
+    --------
+    >>> net = pdlt.MLP(activation="tanh", depth=10, width=256, input_dim=3, C_W=1.0)
+    >>> net.widths
+    (3, 256, 256, 256, 256, 256, 256, 256, 256, 256, 1)
+    """
+
+    activation: Activation | str | TorchFn
+    depth: int
+    width: int | Sequence[int]
+    input_dim: int
+    output_dim: int = 1
+    C_b: PerLayer = 0.0
+    C_W: PerLayer = 1.0
+    lambda_b: PerLayer = 1.0
+    lambda_W: PerLayer = 1.0
+    widths: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "activation", activation(self.activation))
+        depth = _positive_int("depth", self.depth)
+        set_(self, "depth", depth)
+        set_(self, "input_dim", _positive_int("input_dim", self.input_dim))
+        set_(self, "output_dim", _positive_int("output_dim", self.output_dim))
+        if isinstance(self.width, (Sequence, np.ndarray)) and not isinstance(self.width, str):
+            hidden = tuple(_positive_int("width", w) for w in self.width)
+            if len(hidden) != depth - 1:
+                raise ValueError(
+                    f"width as a sequence needs the {depth - 1} hidden widths n_1..n_{depth - 1} "
+                    f"of a depth-{depth} network, got {len(hidden)}"
+                )
+        else:
+            hidden = (_positive_int("width", self.width),) * (depth - 1)
+        if len(set(hidden)) > 1:
+            set_(self, "width", hidden)
+        elif hidden:
+            set_(self, "width", hidden[0])
+        set_(self, "widths", (self.input_dim, *hidden, self.output_dim))
+        set_(self, "C_b", _per_layer("C_b", self.C_b, depth, positive=False))
+        set_(self, "C_W", _per_layer("C_W", self.C_W, depth, positive=True))
+        set_(self, "lambda_b", _per_layer("lambda_b", self.lambda_b, depth, positive=False))
+        set_(self, "lambda_W", _per_layer("lambda_W", self.lambda_W, depth, positive=False))
+
+    def with_(self, **changes: object) -> MLP:
+        """A copy with some fields changed (validated again)."""
+        fields = {
+            "activation": self.activation,
+            "depth": self.depth,
+            "width": self.width,
+            "input_dim": self.input_dim,
+            "output_dim": self.output_dim,
+            "C_b": self.C_b,
+            "C_W": self.C_W,
+            "lambda_b": self.lambda_b,
+            "lambda_W": self.lambda_W,
+        }
+        if "depth" in changes and "width" not in changes and not isinstance(self.width, int):
+            raise ValueError("changing depth of a network with per-layer widths needs new widths")
+        if "depth" in changes:
+            for k in ("C_b", "C_W", "lambda_b", "lambda_W"):
+                if k not in changes and len(set(fields[k])) == 1:
+                    fields[k] = fields[k][0]
+        fields.update(changes)
+        return MLP(**fields)
+
+    def describe(self) -> dict[str, object]:
+        """The spec as a flat dict of printable values (for tables and reports)."""
+
+        def short(v: tuple[float, ...]) -> object:
+            return v[0] if len(set(v)) == 1 else list(v)
+
+        return {
+            "activation": repr(self.activation),
+            "depth L": self.depth,
+            "widths n_0..n_L": list(self.widths),
+            "C_b": short(self.C_b),
+            "C_W": short(self.C_W),
+            "lambda_b": short(self.lambda_b),
+            "lambda_W": short(self.lambda_W),
+        }
+
+    def torch_module(
+        self, *, seed: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.nn.Sequential:
+        """One real network of this spec as ``nn.Sequential`` of ``nn.Linear`` and the activation,
+        initialized with W ~ N(0, C_W/n_{ℓ−1}), b ~ N(0, C_b)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        layers: list[torch.nn.Module] = []
+        for ell in range(self.depth):
+            n_in, n_out = self.widths[ell], self.widths[ell + 1]
+            lin = torch.nn.Linear(n_in, n_out, dtype=dtype)
+            with torch.no_grad():
+                lin.weight.normal_(0.0, math.sqrt(self.C_W[ell] / n_in), generator=gen)
+                lin.bias.normal_(0.0, math.sqrt(self.C_b[ell]), generator=gen)
+            layers.append(lin)
+            if ell < self.depth - 1:
+                layers.append(_ActivationModule(self.activation))
+        return torch.nn.Sequential(*layers)
+
+
+class _ActivationModule(torch.nn.Module):
+    def __init__(self, act: Activation) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.act(z)
+
+    def extra_repr(self) -> str:
+        return repr(self.act)
+
+
+def validate_inputs(net: MLP, x: object) -> torch.Tensor:
+    """Check an input set against a network and return it as a float64 (N, n_0) tensor."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to("cpu", torch.float64)
+    elif isinstance(x, (np.ndarray, list, tuple)):
+        try:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"x must be a numeric array, got {type(x).__name__}: {exc}") from None
+    else:
+        raise TypeError(f"x must be a numpy array or torch tensor, got {type(x).__name__}")
+    if t.ndim == 1 and net.input_dim == 1:
+        t = t[:, None]
+    if t.ndim != 2 or t.shape[1] != net.input_dim:
+        raise ValueError(
+            f"x must have shape (N, input_dim) = (N, {net.input_dim}), got {tuple(t.shape)}"
+        )
+    if t.shape[0] < 1:
+        raise ValueError("x must contain at least one input (N ≥ 1)")
+    if not torch.isfinite(t).all():
+        raise ValueError("x contains NaN or inf; all inputs must be finite")
+    return t

@@ -1,0 +1,1 @@
+"""The book's recursions, one module per family of equations."""
