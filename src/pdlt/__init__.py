@@ -16,15 +16,18 @@ from pdlt.compare import compare
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.network import MLP
 from pdlt.theory.kernel import Kernel, kernel
+from pdlt.theory.ntk import NTK, ntk
 
 __all__ = [
     "MLP",
     "Activation",
     "Kernel",
     "Measurement",
+    "NTK",
     "activation",
     "compare",
     "kernel",
     "measure",
+    "ntk",
 ]
 __version__ = "0.1.0"
