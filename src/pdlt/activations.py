@@ -121,7 +121,11 @@ def _arccos1(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
     """ReLU arc-cosine kernel of degree 1: ⟨relu(z_a) relu(z_b)⟩ = √(K_aa K_bb)/2π [sin θ + (π−θ) cos θ]."""
     norm, cos = _cos_theta(kaa, kbb, kab)
     theta = torch.arccos(cos)
-    return norm / (2 * math.pi) * (torch.sqrt(torch.clamp(1 - cos * cos, min=0.0)) + (math.pi - theta) * cos)
+    return (
+        norm
+        / (2 * math.pi)
+        * (torch.sqrt(torch.clamp(1 - cos * cos, min=0.0)) + (math.pi - theta) * cos)
+    )
 
 
 def _homogeneous_forms(a_plus: float, a_minus: float) -> dict[tuple[int, int], ClosedForm]:
@@ -198,7 +202,10 @@ def _homogeneous(name: str, a_plus: float, a_minus: float, **params: float) -> A
         return torch.where(z >= 0, a_plus * z, a_minus * z)
 
     def d1(z: Tensor) -> Tensor:
-        return torch.where(z >= 0, torch.full_like(z, a_plus), torch.full_like(z, a_minus))
+        # At the kink itself take the mean slope: then the closed forms, which treat a
+        # zero-variance input as z ≡ 0, agree with direct evaluation.
+        mid = torch.full_like(z, (a_plus + a_minus) / 2)
+        return torch.where(z > 0, a_plus, torch.where(z < 0, a_minus, mid))
 
     return Activation(
         name=name,
@@ -237,7 +244,11 @@ def _tanh() -> Activation:
 
 def _sin() -> Activation:
     return Activation(
-        "sin", torch.sin, torch.cos, lambda z: -torch.sin(z), closed_forms=_freeze(_trig_forms("sin"))
+        "sin",
+        torch.sin,
+        torch.cos,
+        lambda z: -torch.sin(z),
+        closed_forms=_freeze(_trig_forms("sin")),
     )
 
 
@@ -308,10 +319,14 @@ def _elu_parts(alpha: float, scale: float) -> tuple[TorchFn, TorchFn, TorchFn]:
         return scale * torch.where(z >= 0, z, alpha * torch.expm1(torch.clamp(z, max=0.0)))
 
     def d1(z: Tensor) -> Tensor:
-        return scale * torch.where(z >= 0, torch.ones_like(z), alpha * torch.exp(torch.clamp(z, max=0.0)))
+        return scale * torch.where(
+            z >= 0, torch.ones_like(z), alpha * torch.exp(torch.clamp(z, max=0.0))
+        )
 
     def d2(z: Tensor) -> Tensor:
-        return scale * torch.where(z >= 0, torch.zeros_like(z), alpha * torch.exp(torch.clamp(z, max=0.0)))
+        return scale * torch.where(
+            z >= 0, torch.zeros_like(z), alpha * torch.exp(torch.clamp(z, max=0.0))
+        )
 
     return fn, d1, d2
 

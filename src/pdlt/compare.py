@@ -14,7 +14,9 @@ class _Result(Protocol):
     statistics: tuple[str, ...]
 
 
-def compare(theory: _Result, measured: _Result, *, statistics: tuple[str, ...] | None = None) -> pd.DataFrame:
+def compare(
+    theory: _Result, measured: _Result, *, statistics: tuple[str, ...] | None = None
+) -> pd.DataFrame:
     """Pair every statistic a theory result and a measurement both hold.
 
     Returns a DataFrame with columns ``statistic, layer, a, b`` (or ``index``), ``theory``,

@@ -175,14 +175,26 @@ def _quadrature_2d(
     at f's kinks; for each outer node the inner rule is cut where z_b crosses g's kinks.
     """
     out = torch.empty(ia.shape[0], dtype=_DTYPE)
-    n_pieces = (len(kinks_f) + 1) * (len(kinks_g) + 1)
+    n_pieces = (len(kinks_f) + 2 * len(kinks_g) + 1) * (len(kinks_g) + 1)
     chunk = max(1, int(4_000_000 // (n_pieces * q * q)))
     kg = torch.as_tensor(list(kinks_g), dtype=_DTYPE)
     for start in range(0, ia.shape[0], chunk):
         a, b = ia[start : start + chunk], ib[start : start + chunk]
         sa, sb, r_ab = s[a], s[b], rho[a, b]
         r = torch.sqrt(torch.clamp(1 - r_ab * r_ab, min=0.0))
-        u, wu = _segment_rule(_unit_breaks(kinks_f, sa), q)  # (P, Qu)
+        outer = _unit_breaks(kinks_f, sa)
+        if len(kinks_g):
+            # For nearly parallel inputs g's kink sweeps the whole inner window while u moves
+            # by only ~r·T around k/(s_b ρ): cut the outer rule there too, or that thin
+            # feature falls between the outer nodes.
+            kb = _unit_breaks(kinks_g, sb)  # (P, m) in units of z_b/s_b
+            safe_rho = torch.where(r_ab != 0, r_ab, 1.0)[:, None]
+            shadow = torch.cat(
+                [(kb - r[:, None] * _T) / safe_rho, (kb + r[:, None] * _T) / safe_rho], 1
+            )
+            shadow = torch.where((r_ab != 0)[:, None], shadow, 2 * _T)
+            outer = torch.cat([outer, shadow], dim=1)
+        u, wu = _segment_rule(outer, q)  # (P, Qu)
         P, Qu = u.shape
         if len(kinks_g):
             # v where s_b(ρu + r v) = kink; outside the window when r = 0 (then v is irrelevant).

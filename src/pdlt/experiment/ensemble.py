@@ -25,6 +25,7 @@ Tensor = torch.Tensor
 
 BLOCK = 8  # networks per random stream
 DEFAULT_MAX_MEMORY = 512 * 2**20
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,11 @@ def check_ensemble_args(n_networks: object, seed: object, max_memory: object) ->
         raise ValueError(f"n_networks must be ≥ 2 to give error bars, got {n_networks}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise TypeError(f"seed must be a non-negative int, got {seed!r}")
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 2**20:
+    if (
+        isinstance(max_memory, bool)
+        or not isinstance(max_memory, (int, np.integer))
+        or max_memory < 2**20
+    ):
         raise ValueError(f"max_memory must be an int number of bytes ≥ 1 MiB, got {max_memory!r}")
 
 
@@ -127,7 +132,7 @@ def forward_chunks(
     seed: int,
     *,
     dtype: torch.dtype = torch.float32,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
     max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> Iterator[Chunk]:
     """Sample ``n_networks`` networks of ``net`` and yield their preactivations chunk by chunk.

@@ -70,7 +70,10 @@ def kernel_section(config: ReportConfig) -> Section:
             "ensembles of real networks at two widths (error bars: one standard error across "
             "networks). At finite width the measured two-point function differs from K by O(ℓ/n)."
         ),
-        table(pd.DataFrame([nets[config.widths[0]].describe()]).drop(columns="widths n_0..n_L"), cls="spec"),
+        table(
+            pd.DataFrame([nets[config.widths[0]].describe()]).drop(columns="widths n_0..n_L"),
+            cls="spec",
+        ),
         paragraph(
             "Inputs: three vectors in n_0 = 4 with |x|² = n_0 and pairwise cosines "
             + ", ".join(f"{cos[i, j]:.2f}" for i, j in ((0, 1), (0, 2), (1, 2)))
@@ -86,10 +89,14 @@ def kernel_section(config: ReportConfig) -> Section:
     rows = []
     for w, tab in tables.items():
         ok = kernel_agrees(tab, w)
-        per_layer = tab.assign(ok=ok).groupby("layer").agg(
-            max_abs_z=("z_score", lambda z: z.abs().max()),
-            max_rel=("relative", lambda r: r.abs().max()),
-            within_bound=("ok", "all"),
+        per_layer = (
+            tab.assign(ok=ok)
+            .groupby("layer")
+            .agg(
+                max_abs_z=("z_score", lambda z: z.abs().max()),
+                max_rel=("relative", lambda r: r.abs().max()),
+                within_bound=("ok", "all"),
+            )
         )
         per_layer.insert(0, "width", w)
         rows.append(per_layer.reset_index())
