@@ -56,6 +56,8 @@ class Estimator(Protocol):
 ESTIMATORS: Mapping[str, str] = MappingProxyType(
     {
         "K": "pdlt.experiment.measure:TwoPointEstimator",
+        "Theta": "pdlt.experiment.ntk:ThetaEstimator",
+        "ntk_fluctuations": "pdlt.experiment.ntk:NTKFluctuationEstimator",
     }
 )
 
