@@ -16,7 +16,7 @@ from pdlt.compare import compare
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.network import MLP
 from pdlt.theory.kernel import Kernel, kernel
-from pdlt.theory.ntk import NTK, ntk
+from pdlt.theory.ntk import NTK, NTKFluctuations, ntk, ntk_fluctuations
 
 __all__ = [
     "MLP",
@@ -24,10 +24,12 @@ __all__ = [
     "Kernel",
     "Measurement",
     "NTK",
+    "NTKFluctuations",
     "activation",
     "compare",
     "kernel",
     "measure",
     "ntk",
+    "ntk_fluctuations",
 ]
 __version__ = "0.1.0"
