@@ -15,6 +15,13 @@ from pdlt.activations import Activation, activation
 from pdlt.compare import compare
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.network import MLP
+from pdlt.theory.criticality import (
+    critical_line,
+    critical_point,
+    criticality,
+    phase_diagram,
+    universality_class,
+)
 from pdlt.theory.kernel import Kernel, kernel
 from pdlt.theory.ntk import NTK, NTKFluctuations, ntk, ntk_fluctuations
 
@@ -27,9 +34,16 @@ __all__ = [
     "NTKFluctuations",
     "activation",
     "compare",
+    "critical_line",
+    "critical_point",
+    "criticality",
     "kernel",
     "measure",
     "ntk",
     "ntk_fluctuations",
+    "phase_diagram",
+    "universality_class",
 ]
 __version__ = "0.1.0"
+
+from pdlt import init  # noqa: E402, F401  (pdlt.init.critical_, torch.nn.init style)

@@ -104,6 +104,11 @@ def _expect(f: Callable[[Tensor, Tensor], Tensor], act: Activation, K: Tensor) -
     """⟨f(z, K)⟩_K for each K (any shape), by :func:`pdlt.gaussian.expect` in bands of K.
 
     ``f(z, K)`` receives z of shape (m, Q) and the band's variances as (m, 1)."""
+    with torch.no_grad():  # user callables' autograd derivatives must not build graphs here
+        return _expect_banded(f, act, K)
+
+
+def _expect_banded(f: Callable[[Tensor, Tensor], Tensor], act: Activation, K: Tensor) -> Tensor:
     flat = K.reshape(-1)
     out = torch.empty_like(flat)
     for lo, hi in zip(_BANDS[:-1], _BANDS[1:], strict=True):
@@ -147,7 +152,8 @@ def _g_second(act: Activation, K: Tensor) -> Tensor:
 def _slopes_at_zero(act: Activation) -> tuple[float, float]:
     """One-sided slopes σ'(0⁺), σ'(0⁻)."""
     eps = torch.tensor([1e-150, -1e-150], dtype=_DT)
-    d = act.d1(eps)
+    with torch.no_grad():
+        d = act.d1(eps)
     return float(d[0]), float(d[1])
 
 
@@ -157,7 +163,8 @@ def _g_prime_at_zero(act: Activation) -> float:
     zero = torch.zeros(1, dtype=_DT)
     s0 = float(act.fn(zero)[0])
     if 0.0 not in act.kinks:
-        return float(act.d1(zero)[0]) ** 2 + s0 * float(act.d2(zero)[0])
+        with torch.no_grad():
+            return float(act.d1(zero)[0]) ** 2 + s0 * float(act.d2(zero)[0])
     sp, sm = _slopes_at_zero(act)
     if s0 == 0.0:
         return (sp * sp + sm * sm) / 2
@@ -257,7 +264,7 @@ def _homogeneity(act: Activation) -> tuple[float, float] | None:
             return None
     one = torch.tensor([1.0, -1.0], dtype=_DT)
     v = act.fn(one)
-    return float(v[0]), float(-v[1])
+    return float(v[0]) + 0.0, float(-v[1]) + 0.0
 
 
 # --------------------------------------------------------------------------------------------
