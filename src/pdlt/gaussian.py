@@ -132,15 +132,32 @@ def hermite_coefficients(
     s = torch.sqrt(torch.clamp(_as_tensor(var), min=0.0))
     q = _nodes_per_piece(float(s.max()) if s.numel() else 1.0, kmax)
     u, w = _segment_rule(_unit_breaks(kinks, s), q)
-    fw = f(s[:, None] * u) * w
-    second = _check_finite((f(s[:, None] * u) ** 2 * w).sum(dim=1), "⟨f²⟩")
-    coeffs = torch.empty((s.shape[0], kmax + 1), dtype=_DTYPE)
+    values = f(s[:, None] * u)
+    second = _check_finite((values**2 * w).sum(dim=1), "⟨f²⟩")
+    fw = values * w
+    if bool((u == u[:1]).all()):
+        # One rule for every input (no kinks, or kinks only at 0): c = (f·w) @ H, a matmul.
+        coeffs = fw @ _hermite_table(u[0], kmax)
+    else:
+        coeffs = torch.empty((s.shape[0], kmax + 1), dtype=_DTYPE)
+        h_prev, h = torch.zeros_like(u), torch.ones_like(u)
+        for k in range(kmax + 1):
+            coeffs[:, k] = (fw * h).sum(dim=1)
+            h_prev, h = h, (u * h - math.sqrt(k) * h_prev) / math.sqrt(k + 1)
+    return _check_finite(coeffs, "Hermite coefficients"), second
+
+
+def _hermite_table(u: Tensor, kmax: int) -> Tensor:
+    """(Q, kmax+1) orthonormal Hermite polynomials He_k(u)/√k! at the nodes u.
+
+    h_{k+1} = (u h_k − √k h_{k−1}) / √(k+1), stable for the |u| ≤ 12 of the window.
+    """
+    table = torch.empty((u.shape[0], kmax + 1), dtype=_DTYPE)
     h_prev, h = torch.zeros_like(u), torch.ones_like(u)
     for k in range(kmax + 1):
-        coeffs[:, k] = (fw * h).sum(dim=1)
-        # h_{k+1} = (u h_k − √k h_{k−1}) / √(k+1): the orthonormal Hermite recursion.
+        table[:, k] = h
         h_prev, h = h, (u * h - math.sqrt(k) * h_prev) / math.sqrt(k + 1)
-    return _check_finite(coeffs, "Hermite coefficients"), second
+    return table
 
 
 def _correlation(K: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,11 +167,22 @@ def _correlation(K: Tensor) -> tuple[Tensor, Tensor]:
     return s, torch.clamp(rho, -1.0, 1.0)
 
 
-def _mehler_sum(rho: Tensor, cf: Tensor, cg: Tensor) -> Tensor:
-    """Σ_k ρ^k c_k(a) d_k(b) by Horner's rule over N×N matrices."""
-    out = torch.outer(cf[:, -1], cg[:, -1])
-    for k in range(cf.shape[1] - 2, -1, -1):
-        out.mul_(rho).add_(torch.outer(cf[:, k], cg[:, k]))
+def _mehler_sum(rho: Tensor, cf: Tensor, cg: Tensor, ia: Tensor, ib: Tensor) -> Tensor:
+    """Σ_k ρ_p^k c_k(a_p) d_k(b_p) for the pairs p = (a_p, b_p), by Horner's rule.
+
+    Chunked over pairs so the gathered (k, pairs) coefficient blocks stay near 64 MB.
+    """
+    out = torch.empty(ia.shape[0], dtype=_DTYPE)
+    K = cf.shape[1]
+    chunk = max(1024, 4_000_000 // max(K, 1))
+    cfT, cgT = cf.T.contiguous(), cg.T.contiguous()
+    for lo in range(0, ia.shape[0], chunk):
+        a, b, r = ia[lo : lo + chunk], ib[lo : lo + chunk], rho[lo : lo + chunk]
+        A, B = cfT[:, a], cgT[:, b]  # (K, C)
+        acc = A[-1] * B[-1]
+        for k in range(K - 2, -1, -1):
+            acc.mul_(r).addcmul_(A[k], B[k])
+        out[lo : lo + chunk] = acc
     return out
 
 
@@ -255,55 +283,58 @@ def expect_pairs(
     diag = expect(lambda z: f(z) * g(z), s * s, kinks=tuple(sorted(set(kinks_f + kinks_g))))
     q2 = _nodes_per_piece(float(s.max()) if N else 1.0) if method != "mehler" else 0
     q2 = min(q2, 192)
-    iu = torch.triu_indices(N, N, offset=1)
+    symmetric = g is f
+    # off-diagonal pairs to compute: the upper triangle when the matrix is symmetric
+    if symmetric:
+        ia, ib = torch.triu_indices(N, N, offset=1)
+    else:
+        ia, ib = torch.nonzero(~torch.eye(N, dtype=torch.bool), as_tuple=True)
     if method == "quadrature":
-        out = torch.empty((N, N), dtype=_DTYPE)
-        vals = _quadrature_2d(f, g, s, rho, iu[0], iu[1], kinks_f, kinks_g, q2)
-        out[iu[0], iu[1]] = vals
-        if f is not g:
-            vals_t = _quadrature_2d(f, g, s, rho, iu[1], iu[0], kinks_f, kinks_g, q2)
-        else:
-            vals_t = vals
-        out[iu[1], iu[0]] = vals_t
+        vals = _quadrature_2d(f, g, s, rho, ia, ib, kinks_f, kinks_g, q2)
     else:
         cf, ef = hermite_coefficients(f, s * s, kmax, kinks=kinks_f)
-        if g is f:
-            cg, eg = cf, ef
-        else:
-            cg, eg = hermite_coefficients(g, s * s, kmax, kinks=kinks_g)
-        kcut = _truncation_order(cf, ef, cg, eg, tol)
-        out = _mehler_sum(rho, cf[:, : kcut + 1], cg[:, : kcut + 1])
-        tail_f = torch.clamp(ef - (cf[:, : kcut + 1] ** 2).sum(1), min=0.0)
-        tail_g = torch.clamp(eg - (cg[:, : kcut + 1] ** 2).sum(1), min=0.0)
-        bound = rho.abs() ** (kcut + 1) * torch.sqrt(torch.outer(tail_f, tail_g))
-        scale = torch.sqrt(torch.outer(ef, eg))
-        bad = bound > tol * torch.clamp(scale, min=1e-300)
-        bad.fill_diagonal_(False)
+        cg, eg = (cf, ef) if symmetric else hermite_coefficients(g, s * s, kmax, kinks=kinks_g)
+        rho_max = float(rho[ia, ib].abs().max()) if ia.numel() else 0.0
+        kcut = _truncation_order(cf, ef, cg, eg, rho_max, tol)
+        cf, cg = cf[:, : kcut + 1], cg[:, : kcut + 1]
+        rho_p = rho[ia, ib]
+        vals = _mehler_sum(rho_p, cf, cg, ia, ib)
+        tail_f = torch.clamp(ef - (cf**2).sum(1), min=0.0)
+        tail_g = torch.clamp(eg - (cg**2).sum(1), min=0.0)
+        bound = rho_p.abs() ** (kcut + 1) * torch.sqrt(tail_f[ia] * tail_g[ib])
+        scale = torch.clamp(torch.sqrt(ef[ia] * eg[ib]), min=1e-300)
+        bad = bound > tol * scale
         if bad.any():
             if method == "mehler":
-                worst = float((bound / torch.clamp(scale, min=1e-300)).max())
                 warnings.warn(
-                    f"Mehler series truncated at order {kcut}: relative error bound {worst:.1e} "
-                    f"exceeds tol={tol:g} for {int(bad.sum())} of {N * N - N} pairs; "
-                    "use method='auto' to fall back to 2-D quadrature for them",
+                    f"Mehler series truncated at order {kcut}: relative error bound "
+                    f"{float((bound / scale).max()):.1e} exceeds tol={tol:g} for "
+                    f"{int(bad.sum())} of {ia.numel()} pairs; use method='auto' to fall back to "
+                    "2-D quadrature for them",
                     RuntimeWarning,
                     stacklevel=2,
                 )
             else:
-                ia, ib = torch.nonzero(bad, as_tuple=True)
-                out[ia, ib] = _quadrature_2d(f, g, s, rho, ia, ib, kinks_f, kinks_g, q2)
+                vals[bad] = _quadrature_2d(f, g, s, rho, ia[bad], ib[bad], kinks_f, kinks_g, q2)
+    out = torch.empty((N, N), dtype=_DTYPE)
+    out[ia, ib] = vals
+    if symmetric:
+        out[ib, ia] = vals
     out[range(N), range(N)] = diag
     return _check_finite(out, "a pair expectation ⟨f(z_a) g(z_b)⟩")
 
 
-def _truncation_order(cf: Tensor, ef: Tensor, cg: Tensor, eg: Tensor, tol: float) -> int:
-    """Smallest k_max whose Parseval tails are below tol² of the second moments for every input."""
+def _truncation_order(
+    cf: Tensor, ef: Tensor, cg: Tensor, eg: Tensor, rho_max: float, tol: float
+) -> int:
+    """Smallest k_max whose error bound ρ_max^{k+1} √(tail_f tail_g / ⟨f²⟩⟨g²⟩) is below tol for
+    every pair (with the worst relative tails over inputs); k_max of the table if none is."""
     kmax = cf.shape[1] - 1
-    tf = ef[:, None] - torch.cumsum(cf**2, dim=1)
-    tg = eg[:, None] - torch.cumsum(cg**2, dim=1)
-    ok_f = (tf <= (tol**2) * torch.clamp(ef, min=1e-300)[:, None]).all(dim=0)
-    ok_g = (tg <= (tol**2) * torch.clamp(eg, min=1e-300)[:, None]).all(dim=0)
-    ok = torch.nonzero(ok_f & ok_g)
+    rf = ((ef[:, None] - torch.cumsum(cf**2, dim=1)) / torch.clamp(ef, min=1e-300)[:, None]).amax(0)
+    rg = ((eg[:, None] - torch.cumsum(cg**2, dim=1)) / torch.clamp(eg, min=1e-300)[:, None]).amax(0)
+    k = torch.arange(kmax + 1, dtype=_DTYPE)
+    bound = rho_max ** (k + 1) * torch.sqrt(torch.clamp(rf, min=0.0) * torch.clamp(rg, min=0.0))
+    ok = torch.nonzero(bound <= tol)
     return int(ok[0]) if ok.numel() else kmax
 
 
