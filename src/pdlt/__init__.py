@@ -14,6 +14,7 @@ of real PyTorch networks, and compare the two.
 from pdlt.activations import Activation, activation
 from pdlt.compare import compare
 from pdlt.experiment.measure import Measurement, measure
+from pdlt.experiment.ntk import empirical_ntk
 from pdlt.network import MLP
 from pdlt.theory.criticality import (
     critical_line,
@@ -23,7 +24,14 @@ from pdlt.theory.criticality import (
     universality_class,
 )
 from pdlt.theory.kernel import Kernel, kernel
-from pdlt.theory.ntk import NTK, NTKFluctuations, ntk, ntk_fluctuations
+from pdlt.theory.ntk import (
+    NTK,
+    NTKFluctuations,
+    learning_rates,
+    ntk,
+    ntk_criticality,
+    ntk_fluctuations,
+)
 
 __all__ = [
     "MLP",
@@ -37,9 +45,12 @@ __all__ = [
     "critical_line",
     "critical_point",
     "criticality",
+    "empirical_ntk",
     "kernel",
+    "learning_rates",
     "measure",
     "ntk",
+    "ntk_criticality",
     "ntk_fluctuations",
     "phase_diagram",
     "universality_class",

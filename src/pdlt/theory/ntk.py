@@ -30,9 +30,8 @@ import pandas as pd
 import torch
 
 from pdlt._tables import long_frame
-from pdlt.gaussian import pair_expectation
+from pdlt.gaussian import expect, pair_expectation
 from pdlt.network import MLP, validate_inputs
-from pdlt.theory.kernel import kernel_layers
 
 Tensor = torch.Tensor
 
@@ -77,23 +76,48 @@ def first_layer_ntk(x: Tensor, lambda_b: float, lambda_W: float) -> Tensor:
     return lambda_b + lambda_W * (x @ x.T) / x.shape[1]
 
 
+def _pair(act, K: Tensor, orders: tuple[int, int]) -> Tensor:
+    """⟨σ^{(i)}_{δ1} σ^{(j)}_{δ2}⟩_K; a single input needs only the 1-D rule."""
+    if K.shape[0] == 1 and tuple(orders) not in act.closed_forms:
+        f, g = act.derivative(orders[0]), act.derivative(orders[1])
+        return expect(lambda z: f(z) * g(z), torch.diagonal(K), kinks=act.kinks)[:, None]
+    return pair_expectation(act, K, orders)
+
+
 def ntk_map(net: MLP, K: Tensor, Theta: Tensor, layer: int) -> Tensor:
     """One step of the frozen-NTK recursion (book eq. 8.50), Θ^{(ℓ)} → Θ^{(ℓ+1)}, ``layer = ℓ+1``:
 
     λ_b^{(ℓ+1)} + λ_W^{(ℓ+1)} ⟨σσ⟩_{K^{(ℓ)}} + C_W^{(ℓ+1)} ⟨σ'σ'⟩_{K^{(ℓ)}} Θ^{(ℓ)}.
     """
     i = layer - 1
-    ss = pair_expectation(net.activation, K, (0, 0))
-    dd = pair_expectation(net.activation, K, (1, 1))
+    ss = _pair(net.activation, K, (0, 0))
+    dd = _pair(net.activation, K, (1, 1))
     return net.lambda_b[i] + net.lambda_W[i] * ss + net.C_W[i] * dd * Theta
+
+
+def _ntk_terms(
+    net: MLP, x: Tensor
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """K^{(ℓ)}, Θ^{(ℓ)} (ℓ = 1…L) and ⟨σσ⟩, ⟨σ'σ'⟩ at K^{(ℓ)} (ℓ = 1…L−1), in one sweep: the
+    kernel map K^{(ℓ+1)} = C_b + C_W⟨σσ⟩ (§4.3) and eq. 8.50 share their expectations."""
+    from pdlt.theory.kernel import first_layer_kernel
+
+    Ks = [first_layer_kernel(x, net.C_b[0], net.C_W[0])]
+    Thetas = [first_layer_ntk(x, net.lambda_b[0], net.lambda_W[0])]
+    sss, dds = [], []
+    for i in range(1, net.depth):
+        ss = _pair(net.activation, Ks[-1], (0, 0))
+        dd = _pair(net.activation, Ks[-1], (1, 1))
+        Ks.append(net.C_b[i] + net.C_W[i] * ss)
+        Thetas.append(net.lambda_b[i] + net.lambda_W[i] * ss + net.C_W[i] * dd * Thetas[-1])
+        sss.append(ss)
+        dds.append(dd)
+    return Ks, Thetas, sss, dds
 
 
 def ntk_layers(net: MLP, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """([K^{(1)}, …, K^{(L)}], [Θ^{(1)}, …, Θ^{(L)}]) as float64 tensors."""
-    Ks = kernel_layers(net, x)
-    Thetas = [first_layer_ntk(x, net.lambda_b[0], net.lambda_W[0])]
-    for layer in range(2, net.depth + 1):
-        Thetas.append(ntk_map(net, Ks[layer - 2], Thetas[-1], layer))
+    Ks, Thetas, _, _ = _ntk_terms(net, x)
     return Ks, Thetas
 
 
@@ -401,3 +425,312 @@ def ntk_fluctuations(net: MLP, x: np.ndarray | Tensor) -> NTKFluctuations:
         net=net,
         x=xt.numpy(),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# NTK criticality (ch. 9): exploding and vanishing gradients, learning-rate scaling
+
+
+@dataclass(frozen=True, eq=False)
+class NTKCriticality:
+    """How the layers' parameters share the output NTK Θ^{(L)} (book §9.1, unrolled eq. 8.50).
+
+    Attributes
+    ----------
+    contributions:
+        float64 (depth, N, N): the part of Θ^{(L)} from the biases and weights of layer ℓ,
+        [λ_b^{(ℓ)} + λ_W^{(ℓ)}⟨σσ⟩_{K^{(ℓ−1)}}] Π_{ℓ'=ℓ}^{L−1} C_W^{(ℓ'+1)}⟨σ'σ'⟩_{K^{(ℓ')}}; they sum
+        to Θ^{(L)} exactly.
+    chi_perp:
+        float64 (depth − 1, N): χ_⊥^{(ℓ)} = C_W^{(ℓ+1)}⟨σ'²⟩_{K^{(ℓ)}} per layer ℓ = 1…L−1 and input.
+    gradient_product:
+        float64 (depth, N): Π_{ℓ'=ℓ}^{L−1} χ_⊥^{(ℓ')}, the mean squared Jacobian ∂z^{(L)}/∂z^{(ℓ)}.
+    depth_scale:
+        1/|log χ_⊥*|, with χ_⊥* the value χ_⊥ approaches deep in the network (the recursion is
+        continued with the last layer's C_b, C_W to depth 1000): the number of layers over which
+        gradients change by a factor e; inf at criticality. Compare it with the depth.
+    regime:
+        ``"exploding"`` (χ_⊥* > 1: the layers near the input dominate Θ) or ``"vanishing"``
+        (χ_⊥* < 1: only layers near the output are trained) when χ_⊥ tends to a constant ≠ 1;
+        ``"critical"`` when χ_⊥ → 1 (ℓ·|log χ_⊥| stays ≤ 5 at ℓ = 1000; it tends to p_⊥ in
+        the K*=0 class and is 0 in the scale-invariant class), so gradients change as a power
+        law, not exponentially, with depth (book §9.1).
+    """
+
+    contributions: np.ndarray
+    chi_perp: np.ndarray
+    gradient_product: np.ndarray
+    depth_scale: float
+    regime: str
+    net: MLP
+    x: np.ndarray
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per layer: χ_⊥ and gradient product (first input), share of Θ^{(L)}_{11}."""
+        L = self.contributions.shape[0]
+        c = self.contributions[:, 0, 0]
+        chi = np.append(self.chi_perp[:, 0], np.nan)
+        return pd.DataFrame(
+            {
+                "layer": np.arange(1, L + 1),
+                "chi_perp": chi,
+                "gradient_product": self.gradient_product[:, 0],
+                "contribution": c,
+                "share": c / c.sum(),
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"NTKCriticality(regime={self.regime!r}, depth_scale={self.depth_scale:.3g})"
+
+
+_FAR_DEPTH = 1000
+_CRITICAL_KAPPA = 5.0
+
+
+def _asymptotic_chi_perp(net: MLP, K_diag: Tensor) -> tuple[Tensor, int]:
+    """χ_⊥ = C_W⟨σ'²⟩_K deep in the network: the single-input recursion continued with the last
+    layer's C_b, C_W to depth ``_FAR_DEPTH`` (or until K leaves the float range). Returns
+    (χ_⊥ per input, the depth reached)."""
+
+    act, C_b, C_W = net.activation, net.C_b[-1], net.C_W[-1]
+    if act.homogeneous is not None:  # χ_⊥ = C_W (a₊² + a₋²)/2 at every K (book §5.2)
+        a_p, a_m = act.homogeneous
+        return torch.full_like(K_diag, C_W * (a_p**2 + a_m**2) / 2), _FAR_DEPTH
+    K = K_diag.clone()
+    ell = net.depth
+    if all(k == 0.0 for k in act.kinks):  # one rule in u = z/√K serves every K
+        from pdlt.gaussian import _segment_rule
+
+        u, w = _segment_rule(torch.zeros((1, len(act.kinks)), dtype=torch.float64), 200)
+
+        def mean(f, K):
+            return (f(torch.sqrt(K)[:, None] * u) * w).sum(dim=1)
+    else:
+
+        def mean(f, K):
+            return expect(f, K, kinks=act.kinks)
+
+    while ell < _FAR_DEPTH:
+        nxt = C_b + C_W * mean(lambda z: act(z) ** 2, K)
+        if not torch.isfinite(nxt).all() or float(nxt.max()) > 1e100 or float(nxt.min()) < 1e-280:
+            break
+        K, ell = nxt, ell + 1
+    return C_W * mean(lambda z: act.d1(z) ** 2, K), ell
+
+
+def ntk_criticality(net: MLP, x: np.ndarray | Tensor) -> NTKCriticality:
+    """Exploding/vanishing-gradient diagnosis from the NTK recursion (book §9.1).
+
+    Θ^{(L)} is a sum over layers of each layer's own contribution times the product of χ_⊥ of
+    the layers above it. Off criticality (χ_⊥ → χ_⊥* ≠ 1) that product is exponential in depth,
+    so one end of the network dominates the NTK and the other is not trained; at criticality it
+    is a power law (K* = 0 class) or exactly 1 (scale-invariant class).
+
+    Examples
+    --------
+    >>> pdlt.ntk_criticality(pdlt.MLP("tanh", 30, 64, 4, C_W=1.5), np.ones((1, 4))).regime
+    'exploding'
+    """
+    xt = validate_inputs(net, x)
+    Ks, _, sss, dds = _ntk_terms(net, xt)
+    L = net.depth
+    # χ^{(ℓ)}_{δ1δ2} = C_W^{(ℓ+1)} ⟨σ'σ'⟩_{K^{(ℓ)}}: the factor multiplying Θ^{(ℓ)} in eq. 8.50
+    chi = [net.C_W[ell] * dds[ell - 1] for ell in range(1, L)]
+    own = [first_layer_ntk(xt, net.lambda_b[0], net.lambda_W[0])]
+    own += [net.lambda_b[ell - 1] + net.lambda_W[ell - 1] * sss[ell - 2] for ell in range(2, L + 1)]
+    N = xt.shape[0]
+    prod = torch.ones((N, N), dtype=torch.float64)
+    products = [prod]
+    for c in reversed(chi):
+        prod = prod * c
+        products.append(prod)
+    products = products[::-1]  # products[ℓ-1] = Π_{ℓ'=ℓ}^{L−1} χ^{(ℓ')}
+    contributions = torch.stack([o * p for o, p in zip(own, products, strict=True)])
+    idx = torch.arange(N)
+    chi_perp = torch.stack([c[idx, idx] for c in chi]) if chi else torch.empty((0, N))
+    gprod = torch.stack([p[idx, idx] for p in products])
+    chi_far, ell_far = _asymptotic_chi_perp(net, torch.diagonal(Ks[-1]))
+    kappa = ell_far * torch.log(chi_far).abs()  # ≈ p_⊥ at criticality, ∝ ℓ off it
+    worst = int(torch.argmax(kappa))
+    if float(kappa[worst]) <= _CRITICAL_KAPPA:
+        scale, regime = float("inf"), "critical"
+    else:
+        scale = float(1 / torch.log(chi_far[worst]).abs())
+        regime = "exploding" if float(chi_far[worst]) > 1 else "vanishing"
+    return NTKCriticality(
+        contributions=contributions.numpy(),
+        chi_perp=chi_perp.numpy(),
+        gradient_product=gprod.numpy(),
+        depth_scale=scale,
+        regime=regime,
+        net=net,
+        x=xt.numpy(),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class LearningRates:
+    """Per-layer learning rates λ_b^{(ℓ)}, λ_W^{(ℓ)} (book convention, weights λ_W/n_{ℓ−1}).
+
+    Use them as ``MLP(..., lambda_b=lr.lambda_b, lambda_W=lr.lambda_W)`` or ``lr.apply(net)``.
+
+    Attributes
+    ----------
+    lambda_b, lambda_W:
+        One value per layer ℓ = 1…L.
+    universality_class:
+        ``"scale-invariant"``, ``"K*=0"`` or ``"numerical"`` (equal contributions computed for
+        the given C_W, C_b and input norm).
+    p_perp:
+        The critical exponent p_⊥ of χ_⊥ ≈ 1 − p_⊥/ℓ (K*=0 class), 0 for scale-invariant.
+    """
+
+    lambda_b: tuple[float, ...]
+    lambda_W: tuple[float, ...]
+    activation: str
+    universality_class: str
+    p_perp: float | None
+
+    def apply(self, net: MLP) -> MLP:
+        """A copy of ``net`` with these learning rates."""
+        if net.depth != len(self.lambda_b):
+            raise ValueError(
+                f"these learning rates are for depth {len(self.lambda_b)}, net has {net.depth}"
+            )
+        return net.with_(lambda_b=self.lambda_b, lambda_W=self.lambda_W)
+
+    def to_frame(self) -> pd.DataFrame:
+        L = len(self.lambda_b)
+        return pd.DataFrame(
+            {"layer": np.arange(1, L + 1), "lambda_b": self.lambda_b, "lambda_W": self.lambda_W}
+        )
+
+
+def _taylor_at_zero(act) -> tuple[float, float, float, float]:
+    """σ(0), σ'(0), σ''(0), σ'''(0); σ''' by a central difference of σ'' (error ~1e-9)."""
+    z = torch.zeros(1, dtype=torch.float64)
+    h = 1e-4
+    s3 = (act.d2(z + h) - act.d2(z - h)) / (2 * h)
+    return float(act(z)), float(act.d1(z)), float(act.d2(z)), float(s3)
+
+
+def ntk_universality_class(activation_spec) -> tuple[str, float | None]:
+    """(class, p_⊥) for the learning-rate scaling of book §9.2–9.4: ``("scale-invariant", 0)``,
+    ``("K*=0", b_1/a_1)`` with a_1 = σ_3/σ_1 + ¾(σ_2/σ_1)², b_1 = σ_3/σ_1 + (σ_2/σ_1)² (§5.3), or
+    ``("none", None)`` for activations in neither class (half-stable, no criticality)."""
+    from pdlt.activations import activation as make
+
+    act = make(activation_spec)
+    if act.homogeneous is not None:
+        return "scale-invariant", 0.0
+    s0, s1, s2, s3 = _taylor_at_zero(act)
+    if act.kinks and any(abs(k) < 1e-12 for k in act.kinks):
+        return "none", None
+    if abs(s0) > 1e-12 or abs(s1) < 1e-12:
+        return "none", None
+    a1 = s3 / s1 + 0.75 * (s2 / s1) ** 2
+    b1 = s3 / s1 + (s2 / s1) ** 2
+    if a1 >= -1e-9:
+        return "none", None
+    return "K*=0", b1 / a1
+
+
+def learning_rates(
+    activation,
+    depth: int,
+    *,
+    lambda_b: float = 1.0,
+    lambda_W: float = 1.0,
+    method: str = "auto",
+    C_W: float | None = None,
+    C_b: float = 0.0,
+    input_norm: float = 1.0,
+) -> LearningRates:
+    """Per-layer learning rates that make the NTK Θ^{(L)} depth independent (book §9.2–9.4).
+
+    The *learning-rate equivalence principle*: choose λ^{(ℓ)} so that every layer contributes
+    the same order, ∝ 1/L, to Θ^{(L)} (02-ntk.md §4.1). With λ̃_b = ``lambda_b``, λ̃_W =
+    ``lambda_W``:
+
+    - scale-invariant class (ReLU, leaky ReLU, linear; χ_⊥ ≡ 1):
+      λ_b^{(ℓ)} = λ̃_b/L, λ_W^{(ℓ)} = λ̃_W/L;
+    - K*=0 class (tanh, sin, erf; χ_⊥ ≈ 1 − p_⊥/ℓ):
+      λ_b^{(ℓ)} = λ̃_b L^{p_⊥−1}/ℓ^{p_⊥}, λ_W^{(ℓ)} = λ̃_W (L/ℓ)^{p_⊥−1} (tanh: λ̃_b/ℓ, λ̃_W);
+    - ``method="numerical"`` (any activation, any C_W, C_b): from the single-input recursion at
+      |x|²/n_0 = ``input_norm``, λ_b^{(ℓ)} = λ̃_b/(L Π_ℓ) and λ_W^{(ℓ)} = λ̃_W/(L Π_ℓ ⟨σ²⟩_{K^{(ℓ−1)}})
+      with Π_ℓ = Π_{ℓ'≥ℓ} χ_⊥^{(ℓ')}, so each layer contributes exactly (λ̃_b + λ̃_W)/L.
+
+    ``method="auto"`` uses the book's class formula where the activation has one, else the
+    numerical rule (then ``C_W`` is required).
+
+    Examples
+    --------
+    >>> pdlt.learning_rates("tanh", depth=4).lambda_b
+    (1.0, 0.5, 0.3333333333333333, 0.25)
+    """
+    from pdlt.activations import activation as make
+
+    act = make(activation)
+    L = int(depth) if not isinstance(depth, bool) and isinstance(depth, (int, np.integer)) else None
+    if L is None or L < 1:
+        raise ValueError(f"depth must be an int ≥ 1, got {depth!r}")
+    for name, v in (("lambda_b", lambda_b), ("lambda_W", lambda_W)):
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite float ≥ 0, got {v!r}")
+    if method not in ("auto", "book", "numerical"):
+        raise ValueError(f"method must be 'auto', 'book' or 'numerical', got {method!r}")
+    cls, p = ntk_universality_class(act)
+    if method == "book" and cls == "none":
+        raise ValueError(
+            f"activation {act.name!r} is in neither the scale-invariant nor the K*=0 class, for "
+            "which the book derives the learning-rate scaling (§9.2–9.4); use method='numerical' "
+            "with its C_W"
+        )
+    ell = np.arange(1, L + 1, dtype=float)
+    if method != "numerical" and cls == "scale-invariant":
+        lb, lw = np.full(L, lambda_b / L), np.full(L, lambda_W / L)
+    elif method != "numerical" and cls == "K*=0":
+        lb = lambda_b * L ** (p - 1) / ell**p
+        lw = lambda_W * (L / ell) ** (p - 1)
+    else:
+        if C_W is None:
+            raise ValueError(
+                f"the numerical learning-rate rule for {act.name!r} needs the network's C_W "
+                "(and C_b) to follow its gradients"
+            )
+        cls, p = "numerical", None
+        lb, lw = _equal_contribution_rates(act, L, lambda_b, lambda_W, C_W, C_b, input_norm)
+    return LearningRates(
+        lambda_b=tuple(float(v) for v in lb),
+        lambda_W=tuple(float(v) for v in lw),
+        activation=act.name,
+        universality_class=cls,
+        p_perp=p,
+    )
+
+
+def _equal_contribution_rates(act, L, lambda_b, lambda_W, C_W, C_b, input_norm):
+    """λ's giving every layer the share (λ̃_b + λ̃_W)/L of Θ^{(L)} for one input of norm q."""
+
+    if not (np.isfinite(input_norm) and input_norm > 0):
+        raise ValueError(f"input_norm must be a finite float > 0, got {input_norm!r}")
+    K = C_b + C_W * input_norm
+    sigma2 = [float(input_norm)]  # ⟨σ²⟩ of layer ℓ−1 (x·x/n_0 for ℓ = 1)
+    chis = []
+    for _ in range(1, L):
+        k = torch.tensor([K], dtype=torch.float64)
+        s2 = float(expect(lambda z: act(z) ** 2, k, kinks=act.kinks)[0])
+        d2 = float(expect(lambda z: act.d1(z) ** 2, k, kinks=act.kinks)[0])
+        chis.append(C_W * d2)
+        sigma2.append(s2)
+        K = C_b + C_W * s2
+    prods = np.cumprod(np.array(chis[::-1] or [1.0]))[::-1]
+    prods = np.append(prods, 1.0)[-L:] if L > 1 else np.array([1.0])
+    if not np.all(np.isfinite(prods)) or np.any(prods <= 0) or min(sigma2) <= 0:
+        raise FloatingPointError(
+            "gradients vanish or overflow; the numerical rule cannot balance them"
+        )
+    lb = lambda_b / (L * prods)
+    lw = lambda_W / (L * prods * np.asarray(sigma2))
+    return lb, lw
