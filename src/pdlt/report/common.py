@@ -27,11 +27,11 @@ def report_C_W(config: ReportConfig) -> float:
 
 
 def report_inputs(input_dim: int = 4) -> np.ndarray:
-    """Three inputs with |x|² = n_0 (so K^{(1)}_αα = C_b + C_W) at pairwise cosines 0.8, 0.36, 0.6."""
+    """Three inputs with |x|² = n_0 (so K^{(1)}_αα = C_b + C_W) at pairwise cosines 0.8, 0.6, 0.48."""
     units = np.zeros((3, input_dim))
     units[0, 0] = 1.0
     units[1, :2] = (0.8, 0.6)
-    units[2, 1:3] = (0.6, 0.8)
+    units[2, [0, 2]] = (0.6, 0.8)
     return units * math.sqrt(input_dim)
 
 
