@@ -612,7 +612,8 @@ def _taylor_at_zero(act) -> tuple[float, float, float, float]:
     z = torch.zeros(1, dtype=torch.float64)
     h = 1e-4
     s3 = (act.d2(z + h) - act.d2(z - h)) / (2 * h)
-    return float(act(z)), float(act.d1(z)), float(act.d2(z)), float(s3)
+    vals = (act(z), act.d1(z), act.d2(z), s3)
+    return tuple(float(v.detach()) for v in vals)
 
 
 def ntk_universality_class(activation_spec) -> tuple[str, float | None]:
