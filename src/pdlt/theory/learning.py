@@ -1,0 +1,606 @@
+"""Learning at infinite width: Bayesian (NNGP) posterior, evidence, and the kernel prediction of
+gradient descent (book ch. 6.3, 7, 10).
+
+Notation (book §6.3, §10.1): training samples α̃ ∈ A, test samples β̇ ∈ B. K ≡ K^{(L)} is the
+output-layer kernel and Θ ≡ Θ^{(L)} the frozen NTK, both on D = A ∪ B. A tilde marks the training
+block (K̃ = K_AA) and K̃^{-1} is the inverse of that block. At infinite width every output
+i = 1…n_L is an independent copy ("let's not wire together", §6.3.2), so targets y are an
+(N_A, n_out) array and every formula acts column by column with one covariance.
+
+* Bayesian posterior (§6.3, noise ε² on the training block):
+      m_B = K_BA (K̃ + ε²)^{-1} y,      𝕂_BB = K_BB − K_BA (K̃ + ε²)^{-1} K_AB.
+* Evidence (§6.3.2):  log p(y|H) = −½ Σ_i y_iᵀ (K̃+ε²)^{-1} y_i − (n_out/2) log det 2π(K̃+ε²).
+* Kernel prediction of MSE gradient descent (§10.2; loss ½Σ(z − y)², step η):
+      T(t) = Θ_BA Θ̃^{-1} [1 − (1 − ηΘ̃)^t]     (gradient flow: e^{−ηtΘ̃}; t = ∞: Θ_BA Θ̃^{-1})
+      mean m_B(t) = T(t) y,   Σ_BB(t) = K_BB − T K_AB − K_BA Tᵀ + T K_AA Tᵀ.
+  At t = ∞ the result is the same for every convergent algorithm (algorithm independence,
+  §10.2.4).
+* Generalization (§10.3): E[(z_β̇ − y_β̇)²] = (m_β̇ − y_β̇)² + Σ_β̇β̇ (bias² + variance).
+
+Linear algebra is Cholesky with triangular solves (no inverses). A matrix that is not numerically
+positive definite gets a diagonal jitter from a fixed schedule and a warning that states it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from pdlt.activations import activation as make_activation
+from pdlt.gaussian import pair_expectation
+from pdlt.network import MLP, validate_inputs
+from pdlt.theory.kernel import kernel_layers
+
+# Relative jitters (× mean diagonal) tried in order when a Cholesky factorization fails.
+JITTER_SCHEDULE = (0.0, 1e-12, 1e-10, 1e-8, 1e-6)
+# A Cholesky pivot² below this × mean diagonal means the matrix is singular to round-off.
+_PIVOT_FLOOR = 1e-14
+
+
+# --------------------------------------------------------------------------------------------
+# kernels on D = A ∪ B
+
+
+def _frozen_ntk_layers(net: MLP, x: torch.Tensor, Ks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Fallback Θ^{(ℓ)} recursion (book §8.1–8.2, eq. for the frozen NTK), used only when
+    :mod:`pdlt.theory.ntk` is not importable:
+
+        Θ^{(1)} = λ_b + λ_W x·x/n_0,  Θ^{(ℓ+1)} = λ_b + λ_W ⟨σσ⟩_{K^{(ℓ)}} + C_W ⟨σ'σ'⟩_{K^{(ℓ)}} Θ^{(ℓ)}.
+    """
+    Th = [net.lambda_b[0] + net.lambda_W[0] * (x @ x.T) / x.shape[1]]
+    for i in range(1, net.depth):
+        ss = pair_expectation(net.activation, Ks[i - 1], (0, 0))
+        dd = pair_expectation(net.activation, Ks[i - 1], (1, 1))
+        Th.append(net.lambda_b[i] + net.lambda_W[i] * ss + net.C_W[i] * dd * Th[-1])
+    return Th
+
+
+def output_kernels(net: MLP, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(K^{(L)}, Θ^{(L)}) on the inputs x as float64 (N, N) arrays (book §4.3, §8.2)."""
+    xt = validate_inputs(net, x)
+    try:
+        from pdlt.theory.ntk import ntk
+    except ImportError:  # pragma: no cover - pdlt.ntk (issue 6) is the primary route
+        Ks = kernel_layers(net, xt)
+        return Ks[-1].numpy(), _frozen_ntk_layers(net, xt, Ks)[-1].numpy()
+    res = ntk(net, xt)
+    return np.asarray(res.K[-1], dtype=np.float64), np.asarray(res.Theta[-1], dtype=np.float64)
+
+
+def output_kernel(net: MLP, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """K^{(L)} alone (book §4.3)."""
+    return kernel_layers(net, validate_inputs(net, x))[-1].numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# linear algebra
+
+
+def cholesky_with_jitter(A: np.ndarray, what: str) -> tuple[np.ndarray, float]:
+    """Lower Cholesky factor of a symmetric matrix, adding ``jitter × mean(diag A)`` from
+    :data:`JITTER_SCHEDULE` when needed. Returns ``(L, jitter_added)``; warns when jitter > 0."""
+    if not np.all(np.isfinite(A)):
+        raise ValueError(f"{what} contains NaN or inf; check the network's C_W, C_b and depth")
+    scale = float(np.mean(np.abs(np.diag(A)))) or 1.0
+    for rel in JITTER_SCHEDULE:
+        jitter = rel * scale
+        try:
+            L = scipy.linalg.cholesky(A + jitter * np.eye(A.shape[0]), lower=True)
+        except np.linalg.LinAlgError:
+            continue
+        if np.min(np.diag(L)) ** 2 <= _PIVOT_FLOOR * scale:
+            continue  # factorized, but singular to round-off: results would be noise
+        if jitter > 0:
+            warnings.warn(
+                f"{what} is not numerically positive definite; added jitter {jitter:.3g} "
+                f"(= {rel:g} × mean diagonal) to its diagonal",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return L, jitter
+    raise ValueError(
+        f"{what} is not positive definite even with jitter {JITTER_SCHEDULE[-1]:g} × mean "
+        "diagonal: remove duplicate training inputs, or increase the noise"
+    )
+
+
+def _cho_solve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A^{-1} B from the lower Cholesky factor of A (two triangular solves)."""
+    return scipy.linalg.cho_solve((L, True), B)
+
+
+def _clip_variance(var: np.ndarray) -> np.ndarray:
+    """Round-off can make a posterior variance slightly negative: clip to 0, warning if it was
+    more than round-off (sklearn's habit)."""
+    if np.any(var < 0):
+        worst = float(var.min())
+        if worst < -1e-8 * max(1.0, float(np.abs(var).max())):
+            warnings.warn(
+                f"predicted variances down to {worst:.3g} < 0 (round-off); set to 0",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        var = np.maximum(var, 0.0)
+    return var
+
+
+# --------------------------------------------------------------------------------------------
+# the equations
+
+
+def nngp_posterior(
+    K_AA: np.ndarray,
+    K_BA: np.ndarray,
+    K_BB: np.ndarray,
+    y: np.ndarray,
+    noise: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bayesian posterior of an infinite-width network (book §6.3.1; noise ε² = ``noise``):
+
+        m_B = K_BA (K̃ + ε²)^{-1} y,     𝕂_BB = K_BB − K_BA (K̃ + ε²)^{-1} K_AB.
+
+    ``y`` is (N_A, n_out); returns the mean (N_B, n_out) and the covariance (N_B, N_B), shared by
+    every output.
+    """
+    L, _ = cholesky_with_jitter(K_AA + noise * np.eye(K_AA.shape[0]), "the training kernel K̃ + ε²")
+    alpha = _cho_solve(L, y)  # (K̃ + ε²)^{-1} y
+    V = scipy.linalg.solve_triangular(L, K_BA.T, lower=True)  # L^{-1} K_AB
+    return K_BA @ alpha, K_BB - V.T @ V
+
+
+def log_evidence_from_kernel(K_AA: np.ndarray, y: np.ndarray, noise: float) -> float:
+    """log p(y_A | H) for a Gaussian prior N(0, K̃ + ε²) on each of the n_out outputs (book §6.3.2):
+
+    −½ Σ_i y_iᵀ (K̃ + ε²)^{-1} y_i − (n_out/2) log det 2π(K̃ + ε²).
+    """
+    N, n_out = y.shape
+    L, _ = cholesky_with_jitter(K_AA + noise * np.eye(N), "the training kernel K̃ + ε²")
+    alpha = _cho_solve(L, y)
+    fit = -0.5 * float(np.sum(y * alpha))
+    logdet = 2.0 * float(np.sum(np.log(np.diag(L))))
+    return fit - 0.5 * n_out * (logdet + N * math.log(2 * math.pi))
+
+
+def _training_projector(
+    Theta_AA: np.ndarray, learning_rate: float | None, steps: int | None, time: float
+) -> tuple[np.ndarray, float]:
+    """M(t) with T(t) = Θ_BA M(t) (book §10.2.2–10.2.4), and the step size used.
+
+    * ``steps``: discrete GD, M = Θ̃^{-1}[1 − (1 − ηΘ̃)^steps] (η defaults to 1/λ_max(Θ̃));
+    * else gradient flow for ``time`` (in units of 1/η), M = Θ̃^{-1}[1 − e^{−η·time·Θ̃}];
+    * ``time = inf``: M = Θ̃^{-1}, by Cholesky.
+
+    Finite times use the eigendecomposition Θ̃ = U diag(λ) Uᵀ, where each factor
+    (1 − (1 − ηλ)^t)/λ stays finite as λ → 0 (it tends to ηt).
+    """
+    if steps is None and math.isinf(time):
+        L, _ = cholesky_with_jitter(Theta_AA, "the training NTK Θ̃")
+        eta = float("nan") if learning_rate is None else float(learning_rate)
+        return _cho_solve(L, np.eye(Theta_AA.shape[0])), eta
+    lam, U = np.linalg.eigh(Theta_AA)
+    lam_max = float(lam.max())
+    if lam_max <= 0:
+        raise ValueError("the training NTK Θ̃ has no positive eigenvalue; nothing can be learned")
+    lam = np.clip(lam, 0.0, None)
+    if steps is not None:
+        eta = 1.0 / lam_max if learning_rate is None else float(learning_rate)
+        if eta * lam_max >= 2.0:
+            warnings.warn(
+                f"η λ_max(Θ̃) = {eta * lam_max:.3g} ≥ 2: gradient descent diverges on the top "
+                "mode and the predictions grow like |1 − ηλ_max|^steps",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        with np.errstate(over="ignore"):
+            power = np.power(1.0 - eta * lam, int(steps))  # (1 − ηλ)^t; overflow caught below
+        gain = np.where(lam > 0, (1.0 - power) / np.where(lam > 0, lam, 1.0), eta * steps)
+    else:
+        eta = 1.0 if learning_rate is None else float(learning_rate)
+        s = eta * time
+        gain = np.where(lam > 0, -np.expm1(-s * lam) / np.where(lam > 0, lam, 1.0), s)
+    if not np.all(np.isfinite(gain)):
+        raise ValueError(
+            "the kernel prediction overflowed: η λ_max(Θ̃) ≥ 2 and too many steps; lower the "
+            "learning rate"
+        )
+    return (U * gain) @ U.T, eta
+
+
+def kernel_prediction(
+    Theta_AA: np.ndarray,
+    Theta_BA: np.ndarray,
+    K_AA: np.ndarray,
+    K_BA: np.ndarray,
+    K_BB: np.ndarray,
+    y: np.ndarray,
+    *,
+    learning_rate: float | None = None,
+    steps: int | None = None,
+    time: float = math.inf,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance over initializations of the infinite-width network trained by MSE
+    gradient descent (book §10.2, the "kernel prediction"):
+
+        T = Θ_BA M(t),  m_B = T y,  Σ_BB = K_BB − T K_AB − K_BA Tᵀ + T K_AA Tᵀ,
+
+    with M(t) from :func:`_training_projector` (M(∞) = Θ̃^{-1}). Returns (mean (N_B, n_out),
+    covariance (N_B, N_B)).
+    """
+    M, _ = _training_projector(Theta_AA, learning_rate, steps, time)
+    T = Theta_BA @ M
+    TK = T @ K_BA.T  # T K_AB
+    cov = K_BB - TK - TK.T + T @ K_AA @ T.T
+    return T @ y, 0.5 * (cov + cov.T)
+
+
+# --------------------------------------------------------------------------------------------
+# scikit-learn estimators
+
+
+def _default_net(n_features: int) -> MLP:
+    """The regressors' network when none is given: ReLU, depth 3, C_W = 2, C_b = 0.1 (closed-form
+    arc-cosine kernels, so it is fast for thousands of inputs)."""
+    return MLP("relu", depth=3, width=1, input_dim=n_features, C_W=2.0, C_b=0.1)
+
+
+def _net_state(net: MLP | None) -> dict | None:
+    """A picklable description of a network (built-in activations only)."""
+    if net is None:
+        return None
+    act = net.activation
+    if not act.builtin:
+        raise TypeError(
+            f"cannot pickle a regressor whose network uses the user activation {act.name!r}; "
+            "only built-in activations can be rebuilt from their name"
+        )
+    fields = {k: getattr(net, k) for k in ("depth", "width", "input_dim", "output_dim")}
+    fields.update({k: getattr(net, k) for k in ("C_b", "C_W", "lambda_b", "lambda_W")})
+    return {"activation": (act.name, dict(act.params)), **fields}
+
+
+def _net_from_state(state: dict | None) -> MLP | None:
+    if state is None:
+        return None
+    state = dict(state)
+    name, params = state.pop("activation")
+    return MLP(activation=make_activation(name, **params), **state)
+
+
+class _InfiniteWidthRegressor(RegressorMixin, BaseEstimator):
+    """Shared boundary of the NNGP and NTK regressors: validation, the network, pickling."""
+
+    _parameter_constraints: dict = {"net": [MLP, None]}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        tags.requires_fit = False  # predict before fit gives the prior (as sklearn's GPR)
+        return tags
+
+    def __sklearn_clone__(self):
+        # The network is frozen (immutable), so a clone shares it instead of deep-copying.
+        return type(self)(**self.get_params(deep=False))
+
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state["net"] = _net_state(state.get("net"))
+        if "net_" in state:
+            state["net_"] = _net_state(state["net_"])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["net"] = _net_from_state(state.get("net"))
+        if "net_" in state:
+            state["net_"] = _net_from_state(state["net_"])
+        super().__setstate__(state)
+
+    def _network(self, n_features: int) -> MLP:
+        if self.net is None:
+            return _default_net(n_features)
+        if self.net.input_dim != n_features:
+            raise ValueError(
+                f"X has {n_features} features but the network expects input_dim = "
+                f"{self.net.input_dim}"
+            )
+        return self.net
+
+    def _validate_fit(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        self._validate_params()
+        X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=np.float64)
+        self._y_1d = y.ndim == 1
+        self.net_ = self._network(X.shape[1])
+        return X, (y[:, None] if y.ndim == 1 else y).astype(np.float64)
+
+    def _validate_predict(self, X, return_std: bool, return_cov: bool) -> np.ndarray:
+        if return_std and return_cov:
+            raise RuntimeError("at most one of return_std and return_cov can be requested")
+        fitted = hasattr(self, "X_train_")
+        if fitted:
+            return validate_data(self, X, reset=False, dtype=np.float64)
+        self._validate_params()
+        return check_array(X, dtype=np.float64)  # the prior: no state is set before fit
+
+    def _output(self, mean: np.ndarray, cov: np.ndarray, return_std: bool, return_cov: bool):
+        y_1d = getattr(self, "_y_1d", True)
+        n_out = mean.shape[1]
+        mean_out = mean[:, 0] if y_1d else mean
+        if return_cov:
+            return mean_out, (cov if y_1d else np.repeat(cov[:, :, None], n_out, axis=2))
+        if return_std:
+            std = np.sqrt(_clip_variance(np.diag(cov).copy()))
+            return mean_out, (std if y_1d else np.repeat(std[:, None], n_out, axis=1))
+        return mean_out
+
+
+class NNGPRegressor(_InfiniteWidthRegressor):
+    """Bayesian inference with an infinite-width network: a Gaussian process with the network's
+    output kernel K^{(L)} as prior covariance (book §6.3; Lee et al. 2017, "NNGP").
+
+    Parameters
+    ----------
+    net:
+        The network (:class:`pdlt.MLP`); its activation, depth, C_b, C_W set the kernel and its
+        widths are irrelevant (infinite width). ``None``: ReLU, depth 3, C_W = 2, C_b = 0.1,
+        with input_dim taken from X.
+    noise:
+        ε² > 0, the variance of the Gaussian likelihood p(y|z) (the book's noiseless case is
+        ε² → 0). Added to the diagonal of K̃.
+
+    Attributes
+    ----------
+    X_train_, y_train_:
+        Training data (float64); ``y_train_`` is (N_A, n_out).
+    L_, alpha_:
+        Lower Cholesky factor of K̃ + ε², and (K̃ + ε²)^{-1} y.
+    log_evidence_:
+        log p(y_A | H) (book §6.3.2), also :meth:`log_evidence`.
+
+    Examples
+    --------
+    >>> net = pdlt.MLP("tanh", depth=5, width=1, input_dim=2)
+    >>> gp = pdlt.NNGPRegressor(net, noise=1e-6).fit(X, y)
+    >>> mean, std = gp.predict(X_test, return_std=True)
+    """
+
+    _parameter_constraints: dict = {
+        **_InfiniteWidthRegressor._parameter_constraints,
+        "noise": [Interval(numbers.Real, 0, None, closed="neither")],
+    }
+
+    def __init__(self, net: MLP | None = None, *, noise: float = 1e-10) -> None:
+        self.net = net
+        self.noise = noise
+
+    def fit(self, X, y) -> NNGPRegressor:
+        """Condition the prior on (X, y): Cholesky of K̃ + ε² (book §6.3.1)."""
+        X, Y = self._validate_fit(X, y)
+        K_AA = output_kernel(self.net_, X)
+        self.L_, self.jitter_ = cholesky_with_jitter(
+            K_AA + self.noise * np.eye(X.shape[0]), "the training kernel K̃ + ε²"
+        )
+        self.alpha_ = _cho_solve(self.L_, Y)
+        self.X_train_, self.y_train_ = X, Y
+        self.log_evidence_ = log_evidence_from_kernel(K_AA, Y, self.noise)
+        return self
+
+    def log_evidence(self) -> float:
+        """log p(y_A | H) of the fitted data (book §6.3.2)."""
+        check_is_fitted(self)
+        return self.log_evidence_
+
+    def predict(self, X, return_std: bool = False, return_cov: bool = False):
+        """Posterior mean (and std or covariance) at X; before ``fit``, the prior (mean 0, K)."""
+        X = self._validate_predict(X, return_std, return_cov)
+        if not hasattr(self, "X_train_"):
+            net = self._network(X.shape[1])
+            K = output_kernel(net, X)
+            return self._output(np.zeros((X.shape[0], 1)), K, return_std, return_cov)
+        N_A = self.X_train_.shape[0]
+        K = output_kernel(self.net_, np.concatenate([self.X_train_, X]))
+        K_BA, K_BB = K[N_A:, :N_A], K[N_A:, N_A:]
+        mean = K_BA @ self.alpha_  # m_B = K_BA (K̃+ε²)^{-1} y
+        V = scipy.linalg.solve_triangular(self.L_, K_BA.T, lower=True)
+        cov = K_BB - V.T @ V  # 𝕂 = K_BB − K_BA (K̃+ε²)^{-1} K_AB
+        return self._output(mean, cov, return_std, return_cov)
+
+
+class NTKRegressor(_InfiniteWidthRegressor):
+    """The ensemble of infinite-width networks trained by MSE gradient descent (book §10.2, the
+    kernel prediction): the mean and covariance over initializations of the trained output.
+
+    Parameters
+    ----------
+    net:
+        The network; K^{(L)} from C_b, C_W and Θ^{(L)} from λ_b, λ_W (book ch. 8). ``None`` as in
+        :class:`NNGPRegressor`.
+    learning_rate:
+        η of gradient descent on the book's loss ½ Σ_α (z_α − y_α)² (summed, not averaged), with
+        the book's per-layer rates λ_b, λ_W/n_{ℓ−1} folded into Θ. For ``steps``: default
+        1/λ_max(Θ̃). For gradient flow: multiplies ``time`` (default 1).
+    steps:
+        Number of discrete GD steps; ``None`` for gradient flow for ``time``.
+    time:
+        Gradient-flow time (in units of 1/η); ``inf`` (default) is the fully trained network,
+        the same for every convergent algorithm (§10.2.4).
+
+    Attributes
+    ----------
+    X_train_, y_train_:
+        Training data; ``M_`` with T = Θ_BA M the training projector; ``learning_rate_``.
+    """
+
+    _parameter_constraints: dict = {
+        **_InfiniteWidthRegressor._parameter_constraints,
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "steps": [Interval(numbers.Integral, 0, None, closed="left"), None],
+        "time": [Interval(numbers.Real, 0, None, closed="both")],
+    }
+
+    def __init__(
+        self,
+        net: MLP | None = None,
+        *,
+        learning_rate: float | None = None,
+        steps: int | None = None,
+        time: float = math.inf,
+    ) -> None:
+        self.net = net
+        self.learning_rate = learning_rate
+        self.steps = steps
+        self.time = time
+
+    def fit(self, X, y) -> NTKRegressor:
+        """Compute Θ̃, K̃ and the training projector M(t) (book §10.2)."""
+        X, Y = self._validate_fit(X, y)
+        if self.steps is not None and not math.isinf(self.time):
+            raise ValueError(
+                "give either steps (discrete gradient descent) or time (flow), not both"
+            )
+        K, Theta = output_kernels(self.net_, X)
+        self.M_, self.learning_rate_ = _training_projector(
+            Theta, self.learning_rate, self.steps, self.time
+        )
+        self.X_train_, self.y_train_, self.K_train_ = X, Y, K
+        return self
+
+    def predict(self, X, return_std: bool = False, return_cov: bool = False):
+        """Ensemble mean (and std or covariance over initializations) of the trained network at
+        X; before ``fit``, the untrained network (mean 0, covariance K)."""
+        X = self._validate_predict(X, return_std, return_cov)
+        if not hasattr(self, "X_train_"):
+            net = self._network(X.shape[1])
+            return self._output(
+                np.zeros((X.shape[0], 1)), output_kernel(net, X), return_std, return_cov
+            )
+        N_A = self.X_train_.shape[0]
+        K, Theta = output_kernels(self.net_, np.concatenate([self.X_train_, X]))
+        T = Theta[N_A:, :N_A] @ self.M_
+        K_BA, K_AA = K[N_A:, :N_A], K[:N_A, :N_A]
+        TK = T @ K_BA.T
+        cov = K[N_A:, N_A:] - TK - TK.T + T @ K_AA @ T.T  # book §10.2.4, Σ^∞ with T(t)
+        return self._output(T @ self.y_train_, 0.5 * (cov + cov.T), return_std, return_cov)
+
+
+# --------------------------------------------------------------------------------------------
+# evidence and generalization
+
+
+def _targets(y: object, n: int, what: str) -> np.ndarray:
+    arr = np.asarray(y, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(f"{what} must have shape ({n},) or ({n}, n_out), got {np.shape(y)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} contains NaN or inf; targets must be finite")
+    return arr
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive float, got {value!r}")
+    return float(value)
+
+
+def log_evidence(net: MLP, X: np.ndarray, y: np.ndarray, *, noise: float = 1e-10) -> float:
+    """log p(y | X, H) of the infinite-width network ``net`` as a Bayesian model (book §6.3.2).
+
+    Comparing it across hyperparameters (C_W, C_b, depth) is the book's Bayesian model
+    comparison; deep networks away from criticality are exponentially penalized ("the evidence
+    for criticality", §6.3.2).
+    """
+    noise = _positive("noise", noise)
+    x = validate_inputs(net, X)
+    Y = _targets(y, x.shape[0], "y")
+    return log_evidence_from_kernel(output_kernel(net, x), Y, noise)
+
+
+@dataclass(frozen=True)
+class BiasVariance:
+    """Generalization error of the kernel prediction on a test set (book §10.3).
+
+    Attributes
+    ----------
+    mean, variance:
+        Ensemble mean m_β̇ (N_B, n_out) and variance Σ_β̇β̇ (N_B,) of the trained output.
+    bias2:
+        (m_β̇ − y_β̇)² summed over outputs, (N_B,).
+    y_test:
+        The test targets (N_B, n_out).
+    """
+
+    mean: np.ndarray
+    variance: np.ndarray
+    bias2: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def error(self) -> np.ndarray:
+        """E[(z − y)²] = bias² + n_out·variance per test input."""
+        return self.bias2 + self.y_test.shape[1] * self.variance
+
+    def totals(self) -> dict[str, float]:
+        """Test-set averages of bias², variance (per output summed) and their sum."""
+        n_out = self.y_test.shape[1]
+        return {
+            "bias2": float(self.bias2.mean()),
+            "variance": float(n_out * self.variance.mean()),
+            "error": float(self.error.mean()),
+        }
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "test_input": np.arange(self.bias2.size),
+                "bias2": self.bias2,
+                "variance": self.variance,
+                "error": self.error,
+            }
+        )
+
+
+def bias_variance(
+    net: MLP,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    **training: object,
+) -> BiasVariance:
+    """Bias² and variance of the kernel prediction at each test input (book §10.3):
+    E[(z_β̇(T) − y_β̇)²] = (m_β̇ − y_β̇)² + Σ_β̇β̇. ``training`` is passed to :class:`NTKRegressor`
+    (learning_rate, steps, time); scan C_W, C_b or depth with ``net.with_(...)``."""
+    model = NTKRegressor(net, **training).fit(X_train, y_train)
+    mean, cov = model.predict(X_test, return_cov=True)
+    mean = mean[:, None] if mean.ndim == 1 else mean
+    cov = cov if cov.ndim == 2 else cov[:, :, 0]
+    Y = _targets(y_test, mean.shape[0], "y_test")
+    if Y.shape[1] != mean.shape[1]:
+        raise ValueError(f"y_test has {Y.shape[1]} outputs but y_train has {mean.shape[1]}")
+    var = _clip_variance(np.diag(cov).copy())
+    return BiasVariance(mean=mean, variance=var, bias2=np.sum((mean - Y) ** 2, axis=1), y_test=Y)
+
+
+__all__ = [
+    "BiasVariance",
+    "NNGPRegressor",
+    "NTKRegressor",
+    "bias_variance",
+    "cholesky_with_jitter",
+    "kernel_prediction",
+    "log_evidence",
+    "nngp_posterior",
+    "output_kernels",
+]
