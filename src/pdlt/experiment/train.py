@@ -1,0 +1,379 @@
+"""Training ensembles of real MLPs by full-batch gradient descent (book ch. 7).
+
+M networks of one spec are trained together as one batched torch program: the parameters of a
+chunk of B networks are (B, n_ℓ, n_{ℓ−1}) tensors per layer and each step is a batched
+forward/backward pass. The update is the book's gradient descent with the diagonal learning-rate
+tensor of §7.1 / §8.0,
+
+    b^{(ℓ)}  ← b^{(ℓ)}  − η λ_b^{(ℓ)} ∂L_A/∂b^{(ℓ)},
+    W^{(ℓ)} ← W^{(ℓ)} − η (λ_W^{(ℓ)}/n_{ℓ−1}) ∂L_A/∂W^{(ℓ)},
+
+on the summed loss L_A = Σ_α ℓ(z_α, y_α) (MSE: ½ Σ_{α,i} (z_{i;α} − y_{i;α})²; cross-entropy:
+−Σ_α Σ_i p_{i;α} log softmax(z_α)_i). With these rates the infinite-width dynamics is the kernel
+dynamics with the frozen NTK Θ^{(L)} of :mod:`pdlt.theory.ntk` (book ch. 10).
+
+Networks are initialized exactly as :func:`pdlt.experiment.ensemble.forward_chunks` draws them
+(same seed → the same initial networks as :func:`pdlt.measure`), unless ``antithetic=True``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pdlt.experiment.ensemble import (
+    BLOCK,
+    DEFAULT_MAX_MEMORY,
+    _draw,
+    _generators,
+    check_ensemble_args,
+    progress_bar,
+    progress_enabled,
+    resolve_device,
+    resolve_dtype,
+)
+from pdlt.network import MLP, validate_inputs
+
+Tensor = torch.Tensor
+LOSSES = ("mse", "cross_entropy")
+
+
+@dataclass(frozen=True)
+class TrainedEnsemble:
+    """What an ensemble of trained networks did, recorded at chosen steps.
+
+    Attributes
+    ----------
+    steps:
+        (R,) the recorded step numbers (0 = initialization).
+    predictions:
+        (R, M, N_test, n_out) network outputs on the test inputs at each recorded step.
+    train_loss:
+        (R, M) the summed training loss L_A of each network.
+    train_accuracy:
+        (R, M) fraction of training inputs whose argmax output equals the argmax target, for
+        n_out ≥ 2 (classification); else None.
+    diverged:
+        (M,) networks whose loss became non-finite; their later entries are NaN.
+    net, learning_rate, loss, seed, antithetic:
+        What was trained and how.
+    """
+
+    steps: np.ndarray
+    predictions: np.ndarray
+    train_loss: np.ndarray
+    train_accuracy: np.ndarray | None
+    diverged: np.ndarray
+    net: MLP
+    learning_rate: float
+    loss: str
+    seed: int
+    antithetic: bool = False
+
+    @property
+    def n_networks(self) -> int:
+        return self.predictions.shape[1]
+
+    def _index(self, step: int | None) -> int:
+        if step is None:
+            return len(self.steps) - 1
+        hits = np.flatnonzero(self.steps == step)
+        if hits.size == 0:
+            raise ValueError(f"step {step} was not recorded; recorded steps are {list(self.steps)}")
+        return int(hits[0])
+
+    def _alive(self, step: int | None) -> np.ndarray:
+        p = self.predictions[self._index(step)]
+        ok = ~self.diverged
+        if ok.sum() < 2:
+            raise ValueError("fewer than 2 networks trained without diverging; no statistics")
+        return p[ok]
+
+    def mean(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble mean of the outputs (N_test, n_out) at a recorded step (default: last) and its
+        standard error, over the networks that did not diverge (antithetic pairs are averaged
+        first, so the error accounts for their correlation)."""
+        p = self._alive(step)
+        if self.antithetic and not self.diverged.any():
+            p = 0.5 * (p[0::2] + p[1::2])
+        return p.mean(0), p.std(0, ddof=1) / math.sqrt(p.shape[0])
+
+    def variance(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ensemble variance of each output (N_test, n_out) and its standard error
+        √((m4 − s⁴)/M) from the sample fourth central moment."""
+        p = self._alive(step)
+        M = p.shape[0]
+        d = p - p.mean(0)
+        var = (d**2).sum(0) / (M - 1)
+        m4 = (d**4).mean(0)
+        return var, np.sqrt(np.maximum(m4 - var**2, 0.0) / M)
+
+    def covariance(self, step: int | None = None, output: int = 0) -> np.ndarray:
+        """Ensemble covariance over test inputs (N_test, N_test) of one output."""
+        return np.cov(self._alive(step)[:, :, output], rowvar=False)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per recorded step: mean and spread of the training loss (and accuracy)."""
+        rows = {
+            "step": self.steps,
+            "loss_mean": np.nanmean(self.train_loss, axis=1),
+            "loss_median": np.nanmedian(self.train_loss, axis=1),
+            "diverged": np.isnan(self.train_loss).sum(axis=1),
+        }
+        if self.train_accuracy is not None:
+            rows["accuracy_mean"] = np.nanmean(self.train_accuracy, axis=1)
+        return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def _targets(y: object, n: int, loss: str) -> torch.Tensor:
+    try:
+        arr = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"y must be a numeric array, got {type(y).__name__}: {exc}") from None
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(
+            f"y must have shape (N, n_out) with N = {n} rows like X, got {np.shape(y)}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("y contains NaN or inf; targets must be finite")
+    if loss == "cross_entropy" and (np.any(arr < 0) or not np.allclose(arr.sum(1), 1.0)):
+        raise ValueError("cross_entropy targets must be probabilities (rows ≥ 0 summing to 1)")
+    return torch.as_tensor(arr)
+
+
+def _record_steps(record: object, steps: int) -> np.ndarray:
+    if record is None:
+        return np.array(sorted({0, steps}))
+    try:
+        r = np.unique(np.asarray(record, dtype=np.int64).ravel())
+    except (TypeError, ValueError):
+        raise TypeError(f"record_steps must be a sequence of ints, got {record!r}") from None
+    if r.size == 0 or r.min() < 0 or r.max() > steps:
+        raise ValueError(f"record_steps must be ints in [0, steps = {steps}], got {record!r}")
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# the batched program
+
+
+def _initial_parameters(
+    net: MLP, gens: list[torch.Generator], start: int, size: int, dtype, device
+) -> tuple[list[Tensor], list[Tensor]]:
+    """W^{(ℓ)} ~ N(0, C_W/n_{ℓ−1}), b^{(ℓ)} ~ N(0, C_b), drawn in forward_chunks' order."""
+    Ws, bs = [], []
+    for ell in range(net.depth):
+        n_in, n_out = net.widths[ell], net.widths[ell + 1]
+        W = _draw(gens, start, size, (n_out, n_in), dtype, device).mul_(
+            math.sqrt(net.C_W[ell] / n_in)
+        )
+        b = _draw(gens, start, size, (n_out, 1), dtype, device).mul_(math.sqrt(net.C_b[ell]))
+        Ws.append(W)
+        bs.append(b)
+    return Ws, bs
+
+
+def _forward(net: MLP, Ws: list[Tensor], bs: list[Tensor], x: Tensor) -> Tensor:
+    """z^{(L)} of B networks on inputs x (n_0, N): (B, n_L, N)."""
+    h = x
+    for ell, (W, b) in enumerate(zip(Ws, bs, strict=True)):
+        z = torch.baddbmm(b, W, h) if h.ndim == 3 else torch.matmul(W, h) + b
+        h = net.activation(z) if ell < net.depth - 1 else z
+    return h
+
+
+def _loss_per_network(z: Tensor, y: Tensor, loss: str) -> Tensor:
+    """L_A of each network (B,), summed over samples (book §7.1). z: (B, n_L, N), y: (n_L, N)."""
+    if loss == "mse":
+        return 0.5 * ((z - y) ** 2).sum(dim=(1, 2))
+    return -(y * torch.log_softmax(z, dim=1)).sum(dim=(1, 2))
+
+
+def _accuracy(z: Tensor, y: Tensor) -> Tensor:
+    return (z.argmax(dim=1) == y.argmax(dim=0)).to(z.dtype).mean(dim=1)
+
+
+def _chunk_size(net: MLP, n_inputs: int, dtype: torch.dtype, max_memory: int) -> int:
+    """Networks per chunk: parameters, gradients and the autograd graph of one step."""
+    itemsize = torch.finfo(dtype).bits // 8
+    params = sum(a * b + b for a, b in zip(net.widths[:-1], net.widths[1:], strict=True))
+    acts = sum(net.widths[1:]) * n_inputs * 4
+    per_net = (3 * params + acts) * itemsize
+    b = max(1, max_memory // per_net)
+    return int(b if b < BLOCK else (b // BLOCK) * BLOCK)
+
+
+def train_ensemble(
+    net: MLP,
+    X: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
+    *,
+    steps: int,
+    learning_rate: float,
+    loss: str = "mse",
+    n_networks: int = 100,
+    seed: int = 0,
+    X_test: np.ndarray | Tensor | None = None,
+    record_steps: Sequence[int] | None = None,
+    antithetic: bool = False,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    progress: bool | None = None,
+) -> TrainedEnsemble:
+    """Train ``n_networks`` networks of ``net`` on (X, y) by full-batch gradient descent with the
+    book's per-layer learning rates η·λ_b and η·λ_W/n_{ℓ−1} (book §7.1, §8.0).
+
+    Parameters
+    ----------
+    net:
+        The spec: its C_b, C_W initialize, its lambda_b, lambda_W scale the learning rates.
+    X, y:
+        Training inputs (N, n_0) and targets (N,) or (N, n_L). Cross-entropy targets are
+        probabilities (one-hot rows for labels).
+    steps:
+        Number of gradient-descent steps (≥ 0).
+    learning_rate:
+        η (> 0), for the summed loss L_A = Σ_α ℓ_α (not the mean).
+    loss:
+        ``"mse"`` or ``"cross_entropy"``.
+    X_test:
+        Inputs to record predictions on (default: X).
+    record_steps:
+        Steps at which to record predictions, loss and accuracy (default: 0 and ``steps``).
+    antithetic:
+        Pair the networks: network 2k+1 is network 2k with the last layer's W, b negated, so its
+        initial output is exactly −z(0). At infinite width this cancels the initial-function
+        noise from the ensemble mean (the NTK is even in the last layer), which cuts the Monte
+        Carlo error of the mean; :meth:`TrainedEnsemble.mean` accounts for the pairing.
+    dtype, device, max_memory:
+        float32 (default) or float64; "cpu" or "cuda"; memory bound for one chunk of networks.
+    progress:
+        Progress bar over steps × chunks (default: only on a terminal).
+
+    Returns
+    -------
+    TrainedEnsemble
+
+    Examples
+    --------
+    >>> net = pdlt.MLP("tanh", depth=3, width=128, input_dim=2)
+    >>> ens = pdlt.train_ensemble(net, X, y, steps=200, learning_rate=0.1, n_networks=256)
+    >>> mean, err = ens.mean()
+    """
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be an int ≥ 0, got {steps!r}")
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, numbers.Real)
+        or not math.isfinite(learning_rate)
+        or learning_rate <= 0
+    ):
+        raise ValueError(f"learning_rate must be a finite float > 0, got {learning_rate!r}")
+    check_ensemble_args(n_networks, seed, max_memory)
+    if antithetic and n_networks % 2:
+        raise ValueError(f"antithetic=True needs an even n_networks, got {n_networks}")
+    dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    x = validate_inputs(net, X)
+    Y = _targets(y, x.shape[0], loss)
+    if Y.shape[1] != net.output_dim:
+        raise ValueError(
+            f"y has {Y.shape[1]} output column(s) but the network has output_dim = {net.output_dim}"
+        )
+    xt = validate_inputs(net, X_test) if X_test is not None else x
+    rec = _record_steps(record_steps, int(steps))
+    classify = net.output_dim >= 2
+
+    xa = x.to(dev, dtype).T  # (n_0, N_A)
+    xb = xt.to(dev, dtype).T
+    ya = Y.to(dev, dtype).T  # (n_L, N_A)
+    rates_W = [learning_rate * net.lambda_W[i] / net.widths[i] for i in range(net.depth)]
+    rates_b = [learning_rate * net.lambda_b[i] for i in range(net.depth)]
+
+    n_draw = n_networks // 2 if antithetic else n_networks
+    gens = _generators(int(seed), n_draw, dev)
+    B = min(_chunk_size(net, x.shape[0] + xt.shape[0], dtype, max_memory), n_draw)
+    R, M = len(rec), n_networks
+    preds = np.full((R, M, xt.shape[0], net.output_dim), np.nan)
+    losses = np.full((R, M), np.nan)
+    accs = np.full((R, M), np.nan) if classify else None
+    diverged = np.zeros(M, dtype=bool)
+
+    n_chunks = math.ceil(n_draw / B)
+    with progress_bar("training", n_chunks * max(int(steps), 1), progress_enabled(progress)) as adv:
+        for start in range(0, n_draw, B):
+            size = min(B, n_draw - start)
+            Ws, bs = _initial_parameters(net, gens, start, size, dtype, dev)
+            if antithetic:  # interleave (θ, θ with the last layer negated)
+                Ws = [torch.stack([W, W], 1).flatten(0, 1) for W in Ws]
+                bs = [torch.stack([b, b], 1).flatten(0, 1) for b in bs]
+                sign = torch.tensor([1.0, -1.0], dtype=dtype, device=dev).repeat(size)
+                Ws[-1] = Ws[-1] * sign[:, None, None]
+                bs[-1] = bs[-1] * sign[:, None, None]
+            lo, hi = (2 * start, 2 * (start + size)) if antithetic else (start, start + size)
+            params = [p.requires_grad_(True) for p in (*Ws, *bs)]
+            alive = torch.ones(hi - lo, dtype=torch.bool, device=dev)
+            r = 0
+            for step in range(int(steps) + 1):
+                z = _forward(net, Ws, bs, xa)
+                per_net = _loss_per_network(z, ya, loss)
+                alive &= torch.isfinite(per_net)
+                if r < R and rec[r] == step:
+                    with torch.no_grad():
+                        zb = _forward(net, Ws, bs, xb) if X_test is not None else z
+                        out = zb.transpose(1, 2).detach().to("cpu", torch.float64).numpy()
+                        keep = alive.cpu().numpy()
+                        preds[r, lo:hi][keep] = out[keep]
+                        losses[r, lo:hi][keep] = per_net.detach().cpu().numpy()[keep]
+                        if classify:
+                            accs[r, lo:hi][keep] = _accuracy(z, ya).cpu().numpy()[keep]
+                    r += 1
+                if step == steps:
+                    break
+                total = torch.where(alive, per_net, torch.zeros_like(per_net)).sum()
+                grads = torch.autograd.grad(total, params)
+                with torch.no_grad():
+                    mask = alive.to(dtype)[:, None, None]
+                    for i in range(net.depth):
+                        Ws[i].sub_(rates_W[i] * mask * torch.nan_to_num(grads[i]))
+                        bs[i].sub_(rates_b[i] * mask * torch.nan_to_num(grads[net.depth + i]))
+                adv(1)
+            diverged[lo:hi] = ~alive.cpu().numpy()
+    if diverged.any():
+        warnings.warn(
+            f"{int(diverged.sum())} of {M} networks diverged (training loss became non-finite); "
+            "their entries after divergence are NaN and they are flagged in .diverged — lower "
+            "the learning rate to train them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return TrainedEnsemble(
+        steps=rec,
+        predictions=preds,
+        train_loss=losses,
+        train_accuracy=accs,
+        diverged=diverged,
+        net=net,
+        learning_rate=float(learning_rate),
+        loss=loss,
+        seed=int(seed),
+        antithetic=bool(antithetic),
+    )
