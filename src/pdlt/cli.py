@@ -75,6 +75,65 @@ def report(
     console.print(f"report written to [bold]{result.path.resolve()}[/bold]")
 
 
+@app.command()
+def criticality(
+    activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, gelu, …).")],
+    C_b: Annotated[
+        float | None, typer.Option("--C-b", help="Also analyse this C_b (with --C-W).")
+    ] = None,
+    C_W: Annotated[
+        float | None, typer.Option("--C-W", help="Also analyse this C_W (with --C-b, default 0).")
+    ] = None,
+    gains: Annotated[bool, typer.Option(help="Print torch's gains against criticality.")] = True,
+) -> None:
+    """Critical initialization of ACTIVATION: C_b, C_W, K*, universality class (book ch. 5)."""
+    from pdlt.activations import activation as make_activation
+    from pdlt.init import compare_gains
+    from pdlt.theory.criticality import critical_point
+    from pdlt.theory.criticality import criticality as criticality_at
+
+    try:
+        act = make_activation(activation)
+        if C_W is not None and C_W <= 0:
+            raise ValueError(f"--C-W must be > 0, got {C_W}")
+        if C_b is not None and C_b < 0:
+            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    cp = critical_point(act)
+    tab = Table(title=f"criticality of {act.name} (χ_∥ = χ_⊥ = 1, book §5.2–5.3)")
+    tab.add_column("quantity")
+    tab.add_column("value")
+    for key in (
+        "universality_class C_b C_W K_star stability chi_parallel chi_perp a1 b1 p_perp "
+        "vertex_growth"
+    ).split():
+        value = getattr(cp, key)
+        if value is not None:
+            tab.add_row(key, f"{value:.10g}" if isinstance(value, float) else str(value))
+    console.print(tab)
+    console.print(cp.note)
+    if C_W is not None or C_b is not None:
+        at = criticality_at(act, C_b or 0.0, C_W if C_W is not None else 1.0)
+        one = Table(title=f"at C_b = {at.C_b:g}, C_W = {at.C_W:g}")
+        one.add_column("quantity")
+        one.add_column("value")
+        for key in "phase K_star chi_parallel chi_perp c_star chi_c xi_parallel xi_perp".split():
+            value = getattr(at, key)
+            one.add_row(key, f"{value:.8g}" if isinstance(value, float) else str(value))
+        console.print(one)
+        if at.note:
+            console.print(at.note)
+    if gains:
+        df = compare_gains()
+        g = Table(title="torch.nn.init.calculate_gain vs criticality (C_W = gain², C_b = 0)")
+        for col in df.columns:
+            g.add_column(str(col))
+        for row in df.itertuples(index=False):
+            g.add_row(*[f"{v:.6g}" if isinstance(v, float) else str(v) for v in row])
+        console.print(g)
+
+
 @app.callback()
 def _root() -> None:
     """pdlt: theory vs real networks."""
