@@ -24,6 +24,7 @@ from pdlt.theory.criticality import (
     universality_class,
 )
 from pdlt.theory.kernel import Kernel, kernel
+from pdlt.theory.linear import deep_linear, deep_linear_moments
 from pdlt.theory.ntk import (
     NTK,
     NTKFluctuations,
@@ -32,8 +33,24 @@ from pdlt.theory.ntk import (
     ntk_criticality,
     ntk_fluctuations,
 )
+from pdlt.theory.vertex import (
+    FourPointVertex,
+    KernelCorrection,
+    Metric,
+    four_point_vertex,
+    kernel_correction,
+    metric,
+)
 
 __all__ = [
+    "FourPointVertex",
+    "KernelCorrection",
+    "Metric",
+    "deep_linear",
+    "deep_linear_moments",
+    "four_point_vertex",
+    "kernel_correction",
+    "metric",
     "MLP",
     "Activation",
     "Kernel",

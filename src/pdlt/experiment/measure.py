@@ -56,6 +56,7 @@ class Estimator(Protocol):
 ESTIMATORS: Mapping[str, str] = MappingProxyType(
     {
         "K": "pdlt.experiment.measure:TwoPointEstimator",
+        "V": "pdlt.experiment.finite_width:FiniteWidthEstimator",
         "Theta": "pdlt.experiment.ntk:ThetaEstimator",
         "ntk_fluctuations": "pdlt.experiment.ntk:NTKFluctuationEstimator",
     }
