@@ -19,7 +19,10 @@ import pandas as pd
 from pdlt.report.render import page
 
 # In report order. Each later capability appends its own section here.
-SECTIONS: tuple[str, ...] = ("pdlt.report.sections.kernel:kernel_section",)
+SECTIONS: tuple[str, ...] = (
+    "pdlt.report.sections.kernel:kernel_section",
+    "pdlt.report.sections.criticality:criticality_section",
+)
 
 
 @dataclass(frozen=True)
