@@ -22,6 +22,7 @@ from pdlt.report.render import page
 SECTIONS: tuple[str, ...] = (
     "pdlt.report.sections.kernel:kernel_section",
     "pdlt.report.sections.criticality:criticality_section",
+    "pdlt.report.sections.ntk:ntk_section",
 )
 
 

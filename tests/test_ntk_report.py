@@ -1,0 +1,17 @@
+"""The report's NTK section runs, checks what it claims, and is listed in SECTIONS."""
+
+from __future__ import annotations
+
+from pdlt.report import SECTIONS, ReportConfig
+from pdlt.report.sections.ntk import ntk_section
+
+
+def test_ntk_section_quick(tmp_path):
+    assert "pdlt.report.sections.ntk:ntk_section" in SECTIONS
+    config = ReportConfig(activation="relu", depth=3, widths=(8, 16), n_networks=60, quick=True)
+    sec = ntk_section(config)
+    assert sec.id == "ntk" and "<img" in sec.body and "learning-rate" in sec.body
+    checks = {row["check"]: row for row in sec.summary}
+    assert any(c.startswith("Θ vs 60 networks, n=8") for c in checks)
+    assert checks["NTK criticality"]["value"] == "critical"  # ReLU at C_W = 2
+    assert all(row["status"] in ("ok", "CHECK") for row in sec.summary)
