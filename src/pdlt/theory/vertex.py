@@ -414,6 +414,7 @@ def _warn_kinked(net: MLP, N: int) -> None:
         )
 
 
+@torch.no_grad()
 def finite_width_layers(
     net: MLP, x: Tensor, *, correction: bool, tol: float = 1e-7
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
