@@ -258,3 +258,47 @@ def test_gradient_norms_scale_as_chi_perp(C_b, C_W):
     # the test has teeth: across 30 layers the predicted gradients change by this factor
     if C_b is not None:
         assert max(theory[0], 1 / theory[0]) > 10
+
+
+# ---------------------------------------------------------------------------------------------
+# slow: wider networks that resolve the 1/n corrections themselves
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width, M", [(256, 1500), (384, 800)])
+def test_tanh_critical_kernel_resolves_G1_slow(width, M):
+    """As the default power-law test, at widths where the O(1/n²) allowance (ℓ/n)² K is smaller
+    than the predicted shift G1/n ≈ −ℓK/(3n): the measured E[z²] must sit on K + G1/n (4 se +
+    (ℓ/n)² K) and, summed over layers 15–30, be closer to it than to the infinite-width K."""
+    cp = pdlt.critical_point("tanh")
+    net = pdlt.MLP("tanh", depth=DEPTH, width=width, input_dim=4, C_b=cp.C_b, C_W=cp.C_W)
+    S = _per_network(net, _inputs(1.0)[:1], M, seed=101)[:, :, 0]
+    mean, se = _mean_se(S)
+    K, _, G1 = _single_input_vertex(activation("tanh"), cp.C_b, cp.C_W, 1.0, DEPTH - 1)
+    ell = np.arange(1, DEPTH)
+    theory = K + G1 / width
+    assert np.all(np.abs(mean - theory) <= K_SIGMA * se + (ell / width) ** 2 * K)
+    deep = slice(14, DEPTH - 1)
+    chi2_nlo = np.sum(((mean - theory) / se)[deep] ** 2)
+    chi2_lo = np.sum(((mean - K) / se)[deep] ** 2)
+    assert chi2_nlo < chi2_lo
+
+
+@pytest.mark.slow
+def test_half_stable_vertex_growth_slow():
+    """GELU started at its K*: V^{(ℓ)}/K*² = ν (ℓ − 1) with ν = C_W² Var_{K*}[σ²]/K*² = 4.904
+    (book §5.4; K stays at K*, so the single-input recursion is exactly linear). Measured as
+    n·Var(Ĝ)/K*² (exact conditional-Gaussian identity, theory note §4.2) on real networks at
+    n = 256; bar 4 se + (νℓ/n)² · νℓ (the neglected O(1/n²), relative (V/nK²)²)."""
+    cp = pdlt.critical_point("gelu")
+    width, M, depth = 256, 2000, 11
+    net = pdlt.MLP("gelu", depth=depth, width=width, input_dim=4, C_b=cp.C_b, C_W=cp.C_W)
+    x = _inputs(1.0)[:1] * math.sqrt((cp.K_star - cp.C_b) / cp.C_W)
+    S = _per_network(net, x, M, seed=9)[:, :, 0]
+    var_n, se_var = _metric_variance(S, width)
+    ell = np.arange(1, depth)
+    lead = cp.vertex_growth * (ell - 1)
+    allowance = (cp.vertex_growth * ell / width) ** 2 * lead
+    got = var_n / cp.K_star**2
+    err = se_var / cp.K_star**2
+    assert np.all(np.abs(got - lead) <= K_SIGMA * err + allowance), (got, lead, err)
