@@ -302,3 +302,31 @@ def test_half_stable_vertex_growth_slow():
     got = var_n / cp.K_star**2
     err = se_var / cp.K_star**2
     assert np.all(np.abs(got - lead) <= K_SIGMA * err + allowance), (got, lead, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "phase, C_b, C_W, cos",
+    [("ordered", 0.3, 2.0, 0.2), ("chaotic", 0.05, 4.0, 0.9)],
+)
+@pytest.mark.parametrize("width, M", [(64, 1500), (128, 1000)])
+def test_correlation_with_finite_width_metric_slow(phase, C_b, C_W, cos, width, M):
+    """The O(1/n) shift of the correlation that the default test only bounds is predicted by the
+    multi-input NLO metric G = K + K1/n (pdlt.theory.vertex.metric, issue 4). With it the bar
+    tightens to 4 se + (2ξ_⊥/n)²·|q|, the square of the first-order bound (neglected O(1/n²))."""
+    from pdlt.theory.vertex import metric
+
+    crit = criticality("tanh", C_b, C_W)
+    x = _inputs(cos)
+    net = pdlt.MLP("tanh", depth=DEPTH, width=width, input_dim=4, C_b=C_b, C_W=C_W)
+    S = _per_network(net, x, M, seed=31 + width)
+    G = metric(net, x).G[:-1]
+    c_nlo = G[:, 0, 1] / np.sqrt(G[:, 0, 0] * G[:, 1, 1])
+    if phase == "ordered":
+        mean, se = _ratio_of_means(S[:, :, 3], S[:, :, 0] + S[:, :, 1])
+        theory = 1 - c_nlo
+    else:
+        mean, se = _correlation(S)
+        mean, theory = mean - crit.c_star, c_nlo - crit.c_star
+    bar = K_SIGMA * se + (2 * crit.xi_perp / width) ** 2 * np.abs(theory)
+    assert np.all(np.abs(mean - theory) <= bar), list(zip(mean, theory, bar, strict=True))
