@@ -532,8 +532,8 @@ def criticality(
     Examples
     --------
     >>> c = pdlt.criticality("tanh", C_b=0.05, C_W=2.5)
-    >>> c.phase, round(c.c_star, 4)
-    ('chaotic', ...)
+    >>> c.phase, round(c.K_star, 6), round(c.c_star, 6), round(c.xi_perp, 3)
+    ('chaotic', 1.063958, 0.446804, 11.796)
     """
     act = _act(activation)
     C_b = _positive("C_b", C_b, allow_zero=True)
@@ -645,7 +645,8 @@ def critical_line(activation: ActivationLike, C_b: float | np.ndarray = 0.0) -> 
 
     Examples
     --------
-    >>> pdlt.critical_line("tanh", C_b=0.3).C_W
+    >>> round(pdlt.critical_line("tanh", C_b=0.3).C_W, 6)
+    2.505127
     """
     act = _act(activation)
     cb = _grid("C_b", C_b, allow_zero=True)
