@@ -19,6 +19,7 @@ import pdlt
 
 X1 = np.ones((1, 4))
 X2 = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, -1.0]])
+X3 = np.vstack([X2, [[0.5, -1.0, 1.0, 0.2]]])  # three inputs: entries with 3 distinct samples
 STATS = ("Theta", "A", "B", "D", "F")
 
 
@@ -35,9 +36,12 @@ def _unique_z(theory: np.ndarray, meas: np.ndarray, err: np.ndarray) -> np.ndarr
         ("tanh", 1.0, X2),
         ("relu", 2.0, X2),
         ("tanh", 1.6, X2),  # off criticality (chaotic phase)
+        ("tanh", 1.0, X3),
+        ("relu", 2.0, X3),
     ],
-    ids=["tanh-1", "relu-1", "tanh-2", "relu-2", "tanh_offcritical-2"],
+    ids=["tanh-1", "relu-1", "tanh-2", "relu-2", "tanh_offcritical-2", "tanh-3", "relu-3"],
 )
+@pytest.mark.filterwarnings("ignore:.*Gauss–Hermite cubature:RuntimeWarning")  # relu, 3 inputs
 def test_layer_two_is_exact_at_two_widths(act, C_W, x):
     """n_1 · (cross-neuron moments of layer 2) = D, F, A, B exactly, at n_1 = 8 and 32: the 1/n
     scaling itself (n·E independent of n) and the index structure of every entry."""

@@ -216,10 +216,25 @@ def test_two_input_diagonal_blocks_equal_single_input(act, C_W):
             )
 
 
+def test_three_inputs_restrict_to_two_and_keep_symmetries():
+    """N = 3 (four-point functions over three distinct inputs by cubature) restricted to two of
+    the inputs is the N = 2 result (pair quadrature only); tanh, so both are ≲1e-9 accurate."""
+    x3 = np.vstack([X2, [[0.5, -1.0, 1.0, 0.2]]])
+    net = pdlt.MLP("tanh", 3, 32, 4, C_W=1.0, C_b=0.1, lambda_b=0.5)
+    three = pdlt.ntk_fluctuations(net, x3)
+    two = pdlt.ntk_fluctuations(net, x3[[0, 2]])
+    sub = np.ix_(range(3), [0, 2], [0, 2], [0, 2], [0, 2])
+    for name in "VDFAB":
+        np.testing.assert_allclose(getattr(three, name)[sub], getattr(two, name), atol=1e-10)
+    np.testing.assert_allclose(three.A, three.A.transpose(0, 3, 4, 1, 2), atol=1e-12)
+    np.testing.assert_allclose(three.B, three.B.transpose(0, 3, 4, 1, 2), atol=1e-12)
+    assert np.abs(three.A[2, 0, 1, 1, 2]) > 1e-4  # a genuinely three-input entry is non-trivial
+
+
 def test_fluctuations_validation():
     net = pdlt.MLP("tanh", 3, 16, 4)
-    with pytest.raises(ValueError, match="at most 2 inputs"):
-        pdlt.ntk_fluctuations(net, np.eye(4)[:3])
+    with pytest.raises(ValueError, match="at most 8 inputs"):
+        pdlt.ntk_fluctuations(net, np.random.default_rng(0).normal(size=(9, 4)))
     with pytest.raises(ValueError, match="parallel"):
         pdlt.ntk_fluctuations(net, np.vstack([X1[0], 2 * X1[0]]))
     with pytest.raises(ValueError, match="zero variance"):

@@ -23,6 +23,7 @@ that makes the NTK depth independent (:func:`learning_rates`, §9.2–9.4).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,7 +161,7 @@ def ntk(net: MLP, x: np.ndarray | Tensor) -> NTK:
 # --------------------------------------------------------------------------------------------
 # O(1/n) fluctuations: D, F, A, B (and the vertex V they need)
 
-MAX_FLUCTUATION_INPUTS = 2
+MAX_FLUCTUATION_INPUTS = 8  # four-input cubature costs O(N⁴ q⁴); 8 inputs take ~minutes
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,7 +242,8 @@ class NTKFluctuations:
 
 @dataclass(frozen=True)
 class _GaussianRule:
-    """Nodes z (M, N) and weights w (M,) with Σ_m w_m f(z_m) ≈ ⟨f(z)⟩ for z ~ N(0, K), N ≤ 2."""
+    """Nodes z (M, N) and weights w (M,) with Σ_m w_m f(z_m) ≈ ⟨f(z)⟩ for z ~ N(0, K), N ≤ 2
+    (one input or one pair of inputs)."""
 
     z: Tensor
     w: Tensor
@@ -303,6 +305,81 @@ def _gaussian_rule(K: Tensor, kinks: tuple[float, ...], layer: int) -> _Gaussian
     return _GaussianRule(z=z, w=(wu[:, None] * wv).reshape(-1), K_inv=torch.linalg.inv(K))
 
 
+def _local_terms(act, K: Tensor, layer: int) -> dict[str, Tensor]:
+    """The Gaussian expectations at K = K^{(ℓ)} that one step of the fluctuation recursions needs.
+
+    Two-point means ``ss``, ``dd`` = ⟨σ_pσ_q⟩, ⟨σ'_pσ'_q⟩ (N, N); four-point functions ``ssss``,
+    ``ddss`` (σ' in slots 1, 2), ``dddd`` (N, N, N, N); and the Stein projections
+    ``P_ss``, ``P_dd`` = ⟨∂_β1∂_β2 (σ_pσ_q)⟩, ⟨∂_β1∂_β2 (σ'_pσ'_q)⟩ (N, N, N, N) and
+    ``P1`` = ⟨∂_β (σ'_a σ_b)⟩ (N, N, N). A projection of a function of z_p, z_q vanishes unless
+    every β is p or q and needs only their 2×2 block of K, so every projection and two-point
+    mean is an (exact, kink-split) 1- or 2-D quadrature over one pair. Four-point functions over
+    N ≤ 2 inputs use the same rule; over three or four distinct inputs
+    :func:`pdlt.gaussian4.expect_product` (Gauss–Hermite cubature, ≲1e-9 for smooth σ, ~2e-4
+    for kinked σ, with its warning).
+    """
+    N = K.shape[0]
+    f = {"s": act.fn, "d": act.d1}
+    out = {
+        "ss": torch.empty((N, N), dtype=K.dtype),
+        "dd": torch.empty((N, N), dtype=K.dtype),
+        "P_ss": torch.zeros((N,) * 4, dtype=K.dtype),
+        "P_dd": torch.zeros((N,) * 4, dtype=K.dtype),
+        "P1": torch.zeros((N,) * 3, dtype=K.dtype),
+    }
+    for p in range(N):
+        for q in range(p, N):
+            pair = [p] if p == q else [p, q]
+            rule = _gaussian_rule(K[pair][:, pair], act.kinks, layer)
+            s = act(rule.z)
+            d = act.d1(rule.z)
+            a, b = (0, 0) if p == q else (0, 1)
+            ix = torch.as_tensor(pair)
+            for key, v in (("ss", s[:, a] * s[:, b]), ("dd", d[:, a] * d[:, b])):
+                out[key][p, q] = out[key][q, p] = rule.mean(v)
+                P = rule.projection2(v)
+                out["P_" + key][p, q][ix[:, None], ix[None, :]] = P
+                out["P_" + key][q, p][ix[:, None], ix[None, :]] = P
+            out["P1"][p, q, ix] = rule.projection1(d[:, a] * s[:, b])
+            out["P1"][q, p, ix] = rule.projection1(d[:, b] * s[:, a])
+    if N <= 2:
+        rule = _gaussian_rule(K, act.kinks, layer)
+        s, d = act(rule.z), act.d1(rule.z)
+        for key in ("ssss", "ddss", "dddd"):
+            g = [s if c == "s" else d for c in key]
+            out[key] = torch.einsum("m,mp,mq,mr,ms->pqrs", rule.w, *g)
+        return out
+    # entries with ≤ 2 distinct inputs from each pair's exact rule, the rest by cubature
+    for key in ("ssss", "ddss", "dddd"):
+        out[key] = torch.empty((N,) * 4, dtype=K.dtype)
+    for p in range(N):
+        for q in range(p + 1, N):
+            rule = _gaussian_rule(K[[p, q]][:, [p, q]], act.kinks, layer)
+            s, d = act(rule.z), act.d1(rule.z)
+            ix = torch.as_tensor([p, q])
+            block = (ix[:, None, None, None], ix[None, :, None, None], ix[None, None, :, None], ix)
+            for key in ("ssss", "ddss", "dddd"):
+                g = [s if c == "s" else d for c in key]
+                out[key][block] = torch.einsum("m,mp,mq,mr,ms->pqrs", rule.w, *g)
+    from pdlt.gaussian4 import expect_product
+
+    index = torch.cartesian_prod(*[torch.arange(N)] * 4)
+    distinct = (torch.sort(index, dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1
+    many = distinct >= 3
+    for key in ("ssss", "ddss", "dddd"):
+        rows = index[many]
+        if key == "ddss":  # symmetric within slots (1, 2) and within (3, 4)
+            canon = torch.cat(
+                [torch.sort(rows[:, :2], 1).values, torch.sort(rows[:, 2:], 1).values], 1
+            )
+        else:  # fully symmetric
+            canon = torch.sort(rows, dim=1).values
+        uniq, inverse = torch.unique(canon, dim=0, return_inverse=True)
+        vals = expect_product([f[c] for c in key], K, uniq, kinks=act.kinks)
+        out[key].view(-1)[many] = vals[inverse]
+    return out
+
+
 def _fluctuation_step(
     net: MLP,
     layer: int,
@@ -325,45 +402,55 @@ def _fluctuation_step(
     i = layer - 1
     C_W, lam_W = net.C_W[i], net.lambda_W[i]
     r = net.widths[layer - 1] / net.widths[layer - 2]
-    rule = _gaussian_rule(K, net.activation.kinks, layer - 1)
-    s = net.activation(rule.z)
-    s1 = net.activation.d1(rule.z)
-    ss = s[:, :, None] * s[:, None, :]  # (M, N, N)
-    dd = s1[:, :, None] * s1[:, None, :]
-    X = lam_W * ss + C_W * Theta * dd
-    m_ss, m_dd, m_X = rule.mean(ss), rule.mean(dd), rule.mean(X)
+    t = _local_terms(net.activation, K, layer - 1)
+    m_ss, m_dd = t["ss"], t["dd"]
+    m_X = lam_W * m_ss + C_W * Theta * m_dd
+    # ⟨X_pq σ_r σ_s⟩ and ⟨X_pq X_rs⟩ from the three four-point functions
+    Th_pq = Theta[:, :, None, None]
+    Th_rs = Theta[None, None, :, :]
+    E_Xss = lam_W * t["ssss"] + C_W * Th_pq * t["ddss"]
+    E_XX = (
+        lam_W**2 * t["ssss"]
+        + lam_W * C_W * (Th_pq * t["ddss"] + Th_rs * t["ddss"].permute(2, 3, 0, 1))
+        + C_W**2 * Th_pq * Th_rs * t["dddd"]
+    )
 
-    def cov(a: Tensor, b: Tensor, ma: Tensor, mb: Tensor) -> Tensor:
-        return torch.einsum("m,mpq,mrs->pqrs", rule.w, a, b) - torch.einsum("pq,rs->pqrs", ma, mb)
+    def outer(a: Tensor, b: Tensor) -> Tensor:
+        return torch.einsum("pq,rs->pqrs", a, b)
 
     def contract(
         T: Tensor, P: Tensor, Q: Tensor
     ) -> Tensor:  # Σ_β T_{β1β2β3β4} P_{pqβ1β2} Q_{rsβ3β4}
         return torch.einsum("bcde,pqbc,rsde->pqrs", T, P, Q)
 
-    P_ss, P_X = rule.projection2(ss), rule.projection2(X)
+    P_ss = t["P_ss"]
+    P_X = lam_W * t["P_ss"] + C_W * Theta[:, :, None, None] * t["P_dd"]
     V, D, F, A, B = (prev[k] for k in ("V", "D", "F", "A", "B"))
     dD_ss = torch.einsum("pqbc,rsbc->pqrs", D, P_ss)  # Σ_β D_{pqβ3β4} ⟨∂∂σσ⟩_{rs,β3β4}
     dD_X = torch.einsum("pqbc,rsbc->pqrs", D, P_X)
-    new_V = C_W**2 * cov(ss, ss, m_ss, m_ss) + r * C_W**2 / 4 * contract(V, P_ss, P_ss)
-    new_D = C_W * cov(X, ss, m_X, m_ss) + r * (
+    new_V = C_W**2 * (t["ssss"] - outer(m_ss, m_ss)) + r * C_W**2 / 4 * contract(V, P_ss, P_ss)
+    new_D = C_W * (E_Xss - outer(m_X, m_ss)) + r * (
         C_W / 4 * contract(V, P_X, P_ss) + C_W**2 / 2 * m_dd[:, :, None, None] * dD_ss
     )
-    new_A = cov(X, X, m_X, m_X) + r * (
-        contract(V, P_X, P_X) / 4
-        + C_W
-        / 2
-        * (m_dd[:, :, None, None] * dD_X + (m_dd[:, :, None, None] * dD_X).permute(2, 3, 0, 1))
-        + C_W**2 * torch.einsum("pq,rs->pqrs", m_dd, m_dd) * A
+    new_A = (
+        E_XX
+        - outer(m_X, m_X)
+        + r
+        * (
+            contract(V, P_X, P_X) / 4
+            + C_W
+            / 2
+            * (m_dd[:, :, None, None] * dD_X + (m_dd[:, :, None, None] * dD_X).permute(2, 3, 0, 1))
+            + C_W**2 * torch.einsum("pq,rs->pqrs", m_dd, m_dd) * A
+        )
     )
     # F: g_{ab}(z) = σ'_a σ_b on one neuron; the NTK samples (a, c) are spectators.
-    ds = s1[:, :, None] * s[:, None, :]  # (M, a, b) = σ'_a σ_b
-    four_F = torch.einsum("m,mab,mcd->abcd", rule.w, ds, ds)
-    P1 = rule.projection1(ds)  # (a, b, β)
+    four_F = t["ddss"].permute(0, 2, 1, 3)  # ⟨σ'_a σ_b σ'_c σ_d⟩
+    P1 = t["P1"]  # ⟨∂_β(σ'_a σ_b)⟩: (a, b, β)
     new_F = C_W**2 * Theta[:, None, :, None] * four_F + r * C_W**2 * torch.einsum(
         "aecf,abe,cdf->abcd", F, P1, P1
     )
-    four_B = torch.einsum("m,mab,mcd->abcd", rule.w, dd, dd)  # ⟨σ'_a σ'_b σ'_c σ'_d⟩
+    four_B = t["dddd"]  # ⟨σ'_a σ'_b σ'_c σ'_d⟩
     new_B = C_W**2 * Theta[:, None, :, None] * Theta[None, :, None, :] * four_B + (
         r * C_W**2 * m_dd[:, :, None, None] * m_dd[None, None, :, :] * B
     )
@@ -374,18 +461,19 @@ def ntk_fluctuations(net: MLP, x: np.ndarray | Tensor) -> NTKFluctuations:
     """D, F, A, B: the O(1/n) NTK–preactivation correlations and NTK variance (book §8.3–8.4).
 
     Computed by the coupled layer-to-layer recursions (with the four-point vertex V, book §4.3)
-    from A = B = D = F = V = 0 at layer 1, so layer 2 is exact at O(1/n_1). Every Gaussian
-    expectation is over the (at most two) inputs by composite Gauss–Legendre quadrature split at
-    σ's kinks; derivatives of kinked σ enter through Stein's lemma, so ReLU is exact.
+    from A = B = D = F = V = 0 at layer 1, so layer 2 is exact at O(1/n_1). Two-point means and
+    all Stein projections are 1- or 2-D Gauss–Legendre quadratures over one pair of inputs, split
+    at σ's kinks (derivatives of kinked σ enter through Stein's lemma, so ReLU is exact); the
+    four-point functions are the same quadrature for N ≤ 2 and, for entries with three or four
+    distinct inputs, the cubature of :mod:`pdlt.gaussian4` (≲1e-9 smooth σ, ~2e-4 kinked σ).
 
     Parameters
     ----------
     net:
         Network spec (its widths enter through r_ℓ = n_ℓ/n_{ℓ−1}; λ's, C's per layer).
     x:
-        One or two inputs, (N, n_0) with N ≤ 2 (the statistics of N inputs need Gaussian
-        integrals over up to four inputs; entries with at most two distinct inputs can be had by
-        calling this per pair).
+        Inputs, (N, n_0) with N ≤ 8 (cost grows like N⁴; N ≤ 2 is fastest and exact to
+        quadrature accuracy for every activation).
 
     Returns
     -------
@@ -402,16 +490,20 @@ def ntk_fluctuations(net: MLP, x: np.ndarray | Tensor) -> NTKFluctuations:
     N = xt.shape[0]
     if N > MAX_FLUCTUATION_INPUTS:
         raise ValueError(
-            f"ntk_fluctuations supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {N}; "
-            "call it on pairs of inputs (every entry with ≤ 2 distinct inputs is covered)"
+            f"ntk_fluctuations supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {N} (its "
+            "four-input Gaussian integrals cost O(N⁴)); call it on subsets of the inputs"
         )
     Ks, Thetas = ntk_layers(net, xt)
     zero = torch.zeros((N,) * 4, dtype=torch.float64)
     state = {k: zero for k in ("V", "D", "F", "A", "B")}
     layers = [state]
-    for layer in range(2, net.depth + 1):
-        state = _fluctuation_step(net, layer, Ks[layer - 2], Thetas[layer - 2], state)
-        layers.append(state)
+    with warnings.catch_warnings(record=True) as caught:  # one warning per kind, not per layer
+        warnings.simplefilter("always")
+        for layer in range(2, net.depth + 1):
+            state = _fluctuation_step(net, layer, Ks[layer - 2], Thetas[layer - 2], state)
+            layers.append(state)
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     out = {k: torch.stack([s[k] for s in layers]).numpy() for k in state}
     for k, v in out.items():
         if not np.isfinite(v).all():
