@@ -48,6 +48,10 @@ Fn = Callable[[Tensor], Tensor]
 _DTYPE = torch.float64
 DEFAULT_NODES = {3: 40, 4: 20}  # caps of the nodes per direction
 DEFAULT_TOL = 1e-7
+# Mehler orders for the 2-input route: pairs the series cannot certify to 1e-12 at this order
+# (nearly parallel inputs) fall back to 2-D quadrature inside expect_pairs, so a lower order
+# costs speed there but never accuracy.
+PAIR_KMAX = 96
 _MAX_POINTS = 3_000_000  # tuples × nodes evaluated at once (bounds memory to ~100 MB)
 KINKED_ERROR = 2e-4  # measured relative error of the d = 3, 4 route for kinked functions
 
@@ -244,7 +248,9 @@ def expect_product(
             out[rows] = expect(_product(fns, groups[0]), diag, kinks=tuple(kinks))
         elif d == 2:
             F, G = _product(fns, groups[0]), _product(fns, groups[1])
-            full = expect_pairs(F, G, K, kinks_f=tuple(kinks), kinks_g=tuple(kinks))
+            full = expect_pairs(
+                F, G, K, kinks_f=tuple(kinks), kinks_g=tuple(kinks), kmax=PAIR_KMAX
+            )
             out[rows] = full[inputs[:, 0], inputs[:, 1]]
         else:
             if kinks:

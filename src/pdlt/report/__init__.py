@@ -23,6 +23,7 @@ SECTIONS: tuple[str, ...] = (
     "pdlt.report.sections.kernel:kernel_section",
     "pdlt.report.sections.criticality:criticality_section",
     "pdlt.report.sections.ntk:ntk_section",
+    "pdlt.report.sections.finite_width:finite_width_section",
 )
 
 

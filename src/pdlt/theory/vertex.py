@@ -41,7 +41,7 @@ import torch
 from pdlt._tables import long_frame
 from pdlt.activations import Activation
 from pdlt.gaussian import expect_pairs, pair_expectation
-from pdlt.gaussian4 import KINKED_ERROR, expect_product, multisets
+from pdlt.gaussian4 import KINKED_ERROR, PAIR_KMAX, expect_product, multisets
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import kernel_layers
 
@@ -89,9 +89,12 @@ def _jacobian_parts(act: Activation, C_W: float, K: Tensor) -> tuple[Tensor, Ten
     Returns ``(A, Jd, chi)``: A[a, b] = ∂F_ab/∂K_ab = C_W⟨σ'_aσ'_b⟩; Jd[a, b] = ∂F_ab/∂K_aa for
     a ≠ b; chi[a] = ∂F_aa/∂K_aa = χ_∥(K_aa).
     """
-    A = C_W * pair_expectation(act, K, (1, 1))
+    if (1, 1) in act.closed_forms:
+        A = C_W * pair_expectation(act, K, (1, 1))
+    else:
+        A = C_W * expect_pairs(act.d1, None, K, kinks_f=act.kinks, kmax=PAIR_KMAX)
     D = C_W * expect_pairs(
-        lambda z: z * act.d1(z), act.fn, K, kinks_f=act.kinks, kinks_g=act.kinks
+        lambda z: z * act.d1(z), act.fn, K, kinks_f=act.kinks, kinks_g=act.kinks, kmax=PAIR_KMAX
     )  # D[a, b] = C_W ⟨z_a σ'_a σ_b⟩
     d = torch.diagonal(K)
     ok = d > 1e-300
