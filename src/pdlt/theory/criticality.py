@@ -33,6 +33,7 @@ come from nested autograd (float64 round-off, ~1e-15).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -90,6 +91,24 @@ def _grid(name: str, value: object, *, allow_zero: bool) -> np.ndarray:
     for v in arr:
         _positive(name, v, allow_zero=allow_zero)
     return arr
+
+
+def _clear_overflow(fn):
+    """Public entry points: an activation that overflows under the Gaussian at the variances
+    searched (K ≤ K_MAX) is a bad input, reported as a ValueError naming it."""
+
+    @functools.wraps(fn)
+    def wrapper(activation, *args, **kwargs):
+        try:
+            return fn(activation, *args, **kwargs)
+        except FloatingPointError as exc:
+            name = getattr(activation, "name", getattr(activation, "__name__", activation))
+            raise ValueError(
+                f"activation {name!r}: Gaussian expectations overflow for variances up to "
+                f"K_MAX = {K_MAX:g} ({exc}); criticality needs σ(z) to grow at most polynomially"
+            ) from exc
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +190,7 @@ def _g_prime_at_zero(act: Activation) -> float:
     return math.copysign(math.inf, s0 * (sp - sm)) if sp != sm else sp * sp
 
 
+@_clear_overflow
 def chi_parallel(
     activation: ActivationLike, K: float | np.ndarray | Tensor, C_W: float = 1.0
 ) -> np.ndarray | float:
@@ -186,6 +206,7 @@ def chi_parallel(
     return float(out) if out.ndim == 0 else out.numpy()
 
 
+@_clear_overflow
 def chi_perp(
     activation: ActivationLike, K: float | np.ndarray | Tensor, C_W: float = 1.0
 ) -> np.ndarray | float:
@@ -514,6 +535,7 @@ class Criticality(_Printable):
         return pd.DataFrame([row])
 
 
+@_clear_overflow
 def criticality(
     activation: ActivationLike, C_b: float = 0.0, C_W: float = 1.0, *, K1: float | None = None
 ) -> Criticality:
@@ -636,6 +658,7 @@ def _phi_grid(act: Activation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return phi.numpy(), d.numpy(), chi.numpy()
 
 
+@_clear_overflow
 def critical_line(activation: ActivationLike, C_b: float | np.ndarray = 0.0) -> CriticalLine:
     """C_W on the order–chaos boundary χ_⊥(K*) = 1 for each C_b (Poole et al. 2016; book §5.1).
 
@@ -985,6 +1008,7 @@ def _no_criticality_reason(
     return "no criticality (book §5.3.2): " + "; ".join(parts)
 
 
+@_clear_overflow
 def critical_point(activation: ActivationLike) -> CriticalPoint:
     """The book's criticality χ_∥(K*) = χ_⊥(K*) = 1: C_b, C_W, K*, universality class and the
     stability of K* (book §5.2–5.3).
@@ -1107,6 +1131,7 @@ def _vector_fixed_point(act: Activation, cb: Tensor, cw: Tensor, K1: Tensor) -> 
     return torch.where(found, K, torch.full_like(K, math.inf))
 
 
+@_clear_overflow
 def phase_diagram(
     activation: ActivationLike,
     C_b: float | np.ndarray | None = None,
