@@ -225,13 +225,16 @@ def _squared_gradients(module: torch.nn.Sequential, x: torch.Tensor) -> np.ndarr
 @pytest.mark.parametrize(
     "C_b, C_W", [(None, None), (0.3, 2.0), (0.05, 4.0)], ids=["critical", "ordered", "chaotic"]
 )
-def test_gradient_norms_scale_as_chi_perp(C_b, C_W):
+@pytest.mark.parametrize("width, M", [(64, 150), (128, 120)])
+def test_gradient_norms_scale_as_chi_perp(C_b, C_W, width, M):
     """E‖∂f/∂z^{(ℓ)}‖² = Π_{ℓ'=ℓ}^{L−1} χ_⊥(K^{(ℓ')}) at infinite width (book §5.1; the gradient
     of a scalar output, so ‖∂f/∂z^{(L)}‖² = 1), measured on nn.Sequential tanh networks set up by
     pdlt.init.critical_ and differentiated by torch autograd. Bar on the ratio to theory:
-    4 se (relative) + 2(L − ℓ)/n, the O(depth/width) finite-width correction (its coefficient
-    bounded by the largest V/K² ≈ 2 of these settings)."""
-    width, M, L = 128, 120, DEPTH
+    4 se (relative) + 2(L − ℓ)/n, an allowance for the O((L − ℓ)/n) finite-width correction of
+    the backward pass, whose O(1) coefficient is not computed here. It is not what decides the
+    test: measured deviations at n = 64, 128 and 256 were all within ~2 se (no finite-width bias
+    is resolved at these ensemble sizes), while the prediction spans a factor > 10."""
+    L = DEPTH
     x = torch.ones(1, 4) * 1.0  # |x|² = n_0
     gen = torch.Generator().manual_seed(7)
     grads = []
