@@ -481,3 +481,22 @@ def test_fixed_point_and_chis_to_1e8_against_scipy_quad(name, f, df, C_b, C_W):
     chi_p = C_W * _quad_expect(lambda z: df(z) ** 2, K_ref)
     assert c.chi_parallel == pytest.approx(chi_par, rel=1e-8)
     assert c.chi_perp == pytest.approx(chi_p, rel=1e-8)
+
+
+def test_elu_kernel_decays_like_inverse_square():
+    """ELU (kink at 0, σ(0) = 0, σ'(0±) = 1) is in the K* = 0 class at C_W = 1, but its map is
+    F(K) = K − √(2/π) K^{3/2} + … (from E[z³; z < 0] = −√(2/π) K^{3/2}, derived here), so
+    K^{(ℓ)} ≈ 4/(A²ℓ²) = 2π/ℓ², not the 1/(−a_1ℓ) of smooth activations. The fit uses K = 1e-7,
+    1e-6 (next order O(K^{1/2}) ~ 1e-3: bars 1 % and 1e-3); the map iterated here with
+    pdlt.gaussian.expect reaches ℓ²K = 6.367 at ℓ = 1000 (→ 2π slowly, like ℓ^{-0.8}): bar 2 %."""
+    from pdlt.gaussian import expect
+
+    cp = critical_point("elu")
+    A, p = cp.kink_power
+    assert A == pytest.approx(-math.sqrt(2 / math.pi), rel=1e-2)
+    assert p == pytest.approx(1.5, abs=1e-3)
+    act = activation("elu")
+    K = torch.tensor([1.0], dtype=torch.float64)
+    for _ in range(999):
+        K = cp.C_W * expect(lambda z: act.fn(z) ** 2, K, kinks=act.kinks)
+    assert float(K[0]) * 1000**2 == pytest.approx(2 * math.pi, rel=2e-2)

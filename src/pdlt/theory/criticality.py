@@ -773,6 +773,9 @@ class CriticalPoint(_Printable):
         Critical exponents: δK_[1] ∝ ℓ^{−p_∥}, δδK_[2] ∝ ℓ^{−p_⊥}; and K^{(ℓ)} ≈ 1/(−a_1 ℓ).
     A2, A4:
         Scale-invariant class: (a₊² + a₋²)/2, (a₊⁴ + a₋⁴)/2.
+    kink_power:
+        K* = 0 class with a kink at 0 (ELU, SELU): (A, p) of F(K) − K ≈ A K^p at criticality,
+        fitted at K = 1e-7, 1e-6 (ELU: A → −√(2/π), p → 3/2, so K^{(ℓ)} ≈ 4/(A²ℓ²) = 2π/ℓ²).
     vertex_growth:
         ν in V^{(ℓ)}/(n (K^{(ℓ)})²) ≈ ν ℓ/n, the linear growth of the normalized four-point vertex
         at criticality (book §5.4): 3A_4/A_2² − 1 (scale-invariant), 2/3 (K* = 0 class),
@@ -800,6 +803,7 @@ class CriticalPoint(_Printable):
     A2: float | None = None
     A4: float | None = None
     vertex_growth: float | None = None
+    kink_power: tuple[float, float] | None = None
     others: tuple[dict, ...] = field(default_factory=tuple)
     note: str = ""
 
@@ -897,7 +901,8 @@ def _critical_point_cached(act: Activation) -> CriticalPoint:
             "(book §5.3.3)"
             if smooth
             else f"σ has a kink at 0; F(K) − K ≈ {kzero['A']:.4g} K^{kzero['p']:.3f} < 0 at "
-            "small K, so K^(ℓ) → 0 as a power law (exponents not from Taylor coefficients)"
+            f"small K, so K^(ℓ) → 0 like ℓ^(−{1 / (kzero['p'] - 1):.3g}) (not ℓ^(−1): the "
+            "Taylor-coefficient exponents of book §5.3.3 do not apply)"
         )
         return CriticalPoint(
             activation=name,
@@ -914,6 +919,7 @@ def _critical_point_cached(act: Activation) -> CriticalPoint:
             b1=b1,
             p_parallel=2.0 if smooth else None,
             p_perp=p_perp,
+            kink_power=None if smooth else (kzero["A"], kzero["p"]),
             vertex_growth=2.0 / 3.0 if smooth else None,
             others=tuple(others),
             note=note,
@@ -975,12 +981,13 @@ def _kinked_k_zero(act: Activation) -> dict | None:
     if sp == 0.0 and sm == 0.0:
         return None
     C_W = 2.0 / (sp * sp + sm * sm)
-    Ks = _t([1e-4, 1e-3])
+    # two small K a decade apart; the next order is O(K^{1/2}) relative, ~1e-3 here
+    Ks = _t([1e-7, 1e-6])
     d = (C_W * _g(act, Ks) - Ks).numpy()
     if d[0] == 0 or d[0] * d[1] <= 0:
         return {"K_star": 0.0, "C_b": 0.0, "C_W": C_W, "stability": "marginal", "A": 0.0, "p": 0.0}
     p = math.log(d[1] / d[0]) / math.log(10.0)
-    A = d[1] / 1e-3**p
+    A = d[1] / 1e-6**p
     stab = "stable" if A < 0 else "stable from below"
     return {"K_star": 0.0, "C_b": 0.0, "C_W": C_W, "stability": stab, "A": A, "p": p}
 

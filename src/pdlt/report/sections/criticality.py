@@ -185,7 +185,7 @@ def criticality_section(config: ReportConfig) -> Section:
             )
         )
         return Section("criticality", "Criticality", "".join(body), summary)
-    width = min(max(config.widths), 128)
+    width = min(max(config.widths), 64 if quick else 128)
     M = min(config.ensemble_size, 150 if quick else 400)
     fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.6))
     axes = np.atleast_1d(axes)
