@@ -500,3 +500,15 @@ def test_elu_kernel_decays_like_inverse_square():
     for _ in range(999):
         K = cp.C_W * expect(lambda z: act.fn(z) ** 2, K, kinks=act.kinks)
     assert float(K[0]) * 1000**2 == pytest.approx(2 * math.pi, rel=2e-2)
+
+
+def test_scale_invariant_fixed_points_are_exact():
+    """ReLU's map is linear, F(K) = C_b + (C_W/2)K (book §5.2): K* = C_b/(1 − C_W/2) for C_W < 2,
+    every K at C_W = 2, C_b = 0 (K* = K1), unbounded otherwise; the phase diagram agrees."""
+    assert criticality("relu", 0.1, 1.5).K_star == pytest.approx(0.4, rel=1e-14)
+    c = criticality("relu", 0.0, 2.0, K1=0.7)
+    assert c.K_star == 0.7 and c.phase == "critical" and "every K" in c.note
+    assert math.isinf(criticality("relu", 0.1, 2.0).K_star)
+    pdg = phase_diagram("relu", C_b=[0.0, 0.1], C_W=[1.5, 2.0, 3.0])
+    np.testing.assert_array_equal(pdg.K_star, [[0.0, 2.0, np.inf], [0.4, np.inf, np.inf]])
+    np.testing.assert_array_equal(pdg.phase[0], ["ordered", "critical", "chaotic"])

@@ -334,7 +334,21 @@ def _h_above_zero(act: Activation, C_W: float) -> float:
 
 
 def _fixed_points(act: Activation, C_b: float, C_W: float) -> list[FixedPoint]:
-    """All fixed points in [0, K_MAX]: sign changes of F − K and tangent zeros."""
+    """All fixed points in [0, K_MAX]: sign changes of F − K and tangent zeros.
+
+    Scale-invariant σ has the linear map F(K) = C_b + C_W A_2 K (book §5.2), solved exactly:
+    K* = C_b/(1 − C_W A_2) when C_W A_2 < 1, none when > 1 (or = 1 with C_b > 0), and the
+    marginal line "every K" when C_W A_2 = 1 and C_b = 0 (returned as an empty list; see
+    :func:`criticality`)."""
+    hom = _homogeneity(act)
+    if hom is not None:
+        chi = C_W * (hom[0] ** 2 + hom[1] ** 2) / 2
+        if chi < 1 - CRITICAL_TOL:
+            K = C_b / (1 - chi)
+            return [FixedPoint(K, chi, "stable")] if K <= K_MAX else []
+        if chi <= 1 + CRITICAL_TOL:
+            return []
+        return [FixedPoint(0.0, chi, "unstable")] if C_b == 0 else []
     Kg = _t(_K_GRID)
     h = (C_b + C_W * _g(act, Kg) - Kg).numpy()
     roots: list[float] = []
@@ -565,6 +579,14 @@ def criticality(
     notes = []
     h1 = _h(act, C_b, C_W)(K1)
     star = _attractor(points, h1, K1)
+    hom = _homogeneity(act)
+    if hom is not None and abs(C_W * (hom[0] ** 2 + hom[1] ** 2) / 2 - 1) <= CRITICAL_TOL:
+        if C_b == 0:
+            star = FixedPoint(K1, 1.0, "marginal")
+            points = [star]
+            notes.append("scale-invariant at C_W = 1/A_2, C_b = 0: every K is a fixed point")
+        else:
+            star = None  # the kernel grows linearly, K^(ℓ) = K1 + (ℓ − 1) C_b
     if star is None:
         K_star = math.inf
         Keval = _t([K_MAX])
@@ -1165,7 +1187,19 @@ def phase_diagram(
     B, W = np.meshgrid(cb, cw, indexing="ij")
     b, w = _t(B.reshape(-1)), _t(W.reshape(-1))
     k1 = b + w if K1 is None else torch.full_like(b, _positive("K1", K1, allow_zero=True))
-    Kstar = _vector_fixed_point(act, b, w, k1)
+    hom = _homogeneity(act)
+    if hom is None:
+        Kstar = _vector_fixed_point(act, b, w, k1)
+    else:  # linear map F(K) = C_b + C_W A_2 K, solved exactly (see _fixed_points)
+        chi = w * (hom[0] ** 2 + hom[1] ** 2) / 2
+        contracting = b / torch.clamp(1 - chi, min=1e-300)
+        Kstar = torch.where(
+            chi < 1 - CRITICAL_TOL,
+            torch.where(contracting <= K_MAX, contracting, torch.full_like(b, math.inf)),
+            torch.where(
+                (torch.abs(chi - 1) <= CRITICAL_TOL) & (b == 0), k1, torch.full_like(b, math.inf)
+            ),
+        )
     finite = torch.isfinite(Kstar)
     Keval = torch.where(finite, Kstar, torch.full_like(Kstar, K_MAX))
     chi_par = _chi_parallel(act, Keval, w)
