@@ -14,8 +14,13 @@ Measured:
    against the Monte Carlo cost of measuring A^{(L)} and B^{(L)} to 1 % relative standard error
    at width 256 (time per network × networks needed, from a pilot ensemble). The MC estimate
    also carries an O(L/n) bias that no ensemble size removes.
-3. neural-tangents' empirical NTK (``nt.empirical_ntk_fn``) and analytic NTK (``stax``) on the
-   same shapes, if importable from the interpreter given by --nt-python.
+3. neural-tangents' empirical NTK (``nt.empirical_ntk_fn``, jitted) and analytic NTK (``stax``
+   with Erf, jitted; compile time excluded) on the same shapes, if importable from the
+   interpreter given by --nt-python. A working separate environment (neural-tangents 0.6.5 needs
+   an older jax than pip picks by default):
+
+       python3 -m venv ntenv && ntenv/bin/pip install neural-tangents==0.6.5 \
+           "jax[cpu]==0.4.30" tf2jax==0.3.6
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ def bench_neural_tangents(nt_python: str | None, depths) -> list[dict]:
         # pdlt's analytic NTK on the same shapes (erf: closed forms)
         net = pdlt.MLP("erf", depth, WIDTH, 10, C_W=1.0, C_b=0.05)
         x = np.random.default_rng(0).normal(size=(N_INPUTS, 10))
-        pdlt.ntk(net, x[:4])
+        pdlt.ntk(net, x)  # warm up (quadrature rules, closed-form dispatch)
         t0 = time.perf_counter()
         pdlt.ntk(net, x)
         r["pdlt_analytic_erf_s"] = time.perf_counter() - t0
@@ -204,6 +209,12 @@ def main() -> None:
     emp = bench_empirical(depths, n_struct=4 if args.quick else 16, n_func=1 if args.quick else 2)
     tvm = bench_theory_vs_mc(args.quick)
     nt = bench_neural_tangents(args.nt_python, depths)
+    for r in nt:  # pdlt's structured empirical NTK per network, same shapes (tanh vs nt's erf)
+        match = [e for e in emp if e["depth"] == r.get("depth")]
+        if match:
+            r["pdlt_structured_s_per_network"] = (
+                match[0]["structured_s"] / match[0]["structured_networks"]
+            )
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -234,9 +245,16 @@ def main() -> None:
             f"(rel. SE {r['pilot_relative_se']:.3f}); 1% SE needs {r['networks_for_1pct']} "
             f"networks ≈ {r['mc_seconds_for_1pct']:.0f} s"
         )
-    print("\nneural-tangents:")
+    print("\nneural-tangents (s per network for the empirical NTK, s per call for the analytic):")
     for r in nt:
-        print(f"  {r}")
+        if "error" in r:
+            print(f"  {r}")
+            continue
+        print(
+            f"  depth {r['depth']}: empirical nt {r['empirical_s_per_network']:.3f} vs pdlt "
+            f"{r['pdlt_structured_s_per_network']:.3f}; analytic (erf) nt "
+            f"{r['analytic_erf_s']:.4f} vs pdlt {r['pdlt_analytic_erf_s']:.4f}"
+        )
     print(f"\nwritten to {RESULTS}")
 
 
