@@ -31,7 +31,6 @@ The four-input expectations ⟨σσσσ⟩ come from :func:`pdlt.gaussian4.expec
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,7 @@ import torch
 from pdlt._tables import long_frame
 from pdlt.activations import Activation
 from pdlt.gaussian import expect_pairs, pair_expectation
-from pdlt.gaussian4 import KINKED_ERROR, PAIR_KMAX, expect_product, multisets
+from pdlt.gaussian4 import PAIR_KMAX, expect_product, multisets
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import kernel_layers
 
@@ -246,9 +245,7 @@ def four_point_covariance(act: Activation, C_W: float, K: Tensor, *, tol: float 
     if act.homogeneous == (1.0, 1.0):  # Wick: Cov[z_a z_b, z_c z_d] = K_ac K_bd + K_ad K_bc
         return C_W**2 * (K[a, c] * K[b, d] + K[a, d] * K[b, c])
     sets = multisets(N, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the caller warns once for the network
-        E4 = expect_product(act.fn, K, sets, kinks=act.kinks, tol=tol)
+    E4 = expect_product(act.fn, K, sets, kinks=act.kinks, tol=tol)
     key = sets @ torch.tensor([N**3, N**2, N, 1])  # sorted multisets, sorted codes
     quad = torch.sort(torch.stack(torch.broadcast_tensors(a, b, c, d), dim=-1), dim=-1).values
     pos = torch.searchsorted(key, quad @ torch.tensor([N**3, N**2, N, 1]))
@@ -407,16 +404,6 @@ class Metric:
 # the recursions
 
 
-def _warn_kinked(net: MLP, N: int) -> None:
-    if net.activation.kinks and N >= 3 and net.activation.homogeneous != (1.0, 1.0):
-        warnings.warn(
-            f"{net.activation.name} is kinked: ⟨σσσσ⟩ over 3–4 distinct inputs uses Gauss–Hermite "
-            f"cubature, accurate to ~{KINKED_ERROR:g} relative (1–2 inputs are exact to ~1e-12)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
 @torch.no_grad()
 def finite_width_layers(
     net: MLP, x: Tensor, *, correction: bool, tol: float = 1e-7
@@ -481,7 +468,6 @@ def four_point_vertex(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     >>> fw.normalized[-1]        # V/K² at ℓ = 10: 5.5235 (theory note 01 §10 table A)
     """
     xt = validate_inputs(net, x)
-    _warn_kinked(net, xt.shape[0])
     Ks, Vs, _ = finite_width_layers(net, xt, correction=False, tol=tol)
     N = xt.shape[0]
     Vp = torch.stack(Vs).numpy()
@@ -509,7 +495,6 @@ def kernel_correction(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     >>> pdlt.kernel_correction(net, [[1.0]]).K1[-1]     # −0.10713375 (note 01 §10 table A)
     """
     xt = validate_inputs(net, x)
-    _warn_kinked(net, xt.shape[0])
     Ks, Vs, K1s = finite_width_layers(net, xt, correction=True, tol=tol)
     return KernelCorrection(
         K1=torch.stack(K1s).numpy(),
