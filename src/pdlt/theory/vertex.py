@@ -92,9 +92,12 @@ def _jacobian_parts(act: Activation, C_W: float, K: Tensor) -> tuple[Tensor, Ten
         A = C_W * pair_expectation(act, K, (1, 1))
     else:
         A = C_W * expect_pairs(act.d1, None, K, kinks_f=act.kinks, kmax=PAIR_KMAX)
-    D = C_W * expect_pairs(
-        lambda z: z * act.d1(z), act.fn, K, kinks_f=act.kinks, kinks_g=act.kinks, kmax=PAIR_KMAX
-    )  # D[a, b] = C_W ⟨z_a σ'_a σ_b⟩
+    if act.homogeneous is not None:  # z σ'(z) = σ(z) for σ = a₊z (z≥0), a₋z (z<0)
+        D = C_W * pair_expectation(act, K, (0, 0))
+    else:
+        D = C_W * expect_pairs(
+            lambda z: z * act.d1(z), act.fn, K, kinks_f=act.kinks, kinks_g=act.kinks, kmax=PAIR_KMAX
+        )  # D[a, b] = C_W ⟨z_a σ'_a σ_b⟩
     d = torch.diagonal(K)
     ok = d > 1e-300
     safe = torch.where(ok, d, 1.0)
