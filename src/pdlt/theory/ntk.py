@@ -544,9 +544,9 @@ class NTKCriticality:
     regime:
         ``"exploding"`` (χ_⊥* > 1: the layers near the input dominate Θ) or ``"vanishing"``
         (χ_⊥* < 1: only layers near the output are trained) when χ_⊥ tends to a constant ≠ 1;
-        ``"critical"`` when χ_⊥ → 1 (ℓ·|log χ_⊥| stays ≤ 5 at ℓ = 1000; it tends to p_⊥ in
-        the K*=0 class and is 0 in the scale-invariant class), so gradients change as a power
-        law, not exponentially, with depth (book §9.1).
+        ``"critical"`` when χ_⊥ → 1 as a power law: κ = ℓ|log χ_⊥| levels off (it tends to p_⊥ in
+        the K*=0 class and is 0 in the scale-invariant class) instead of doubling between depth
+        500 and 1000, so gradients change as a power law, not exponentially (book §9.1).
     """
 
     contributions: np.ndarray
@@ -577,20 +577,21 @@ class NTKCriticality:
 
 
 _FAR_DEPTH = 1000
-_CRITICAL_KAPPA = 5.0
+_GROWTH = 1.5  # κ(D)/κ(D/2) above which χ_⊥ is taken to tend to a constant ≠ 1
 
 
-def _asymptotic_chi_perp(net: MLP, K_diag: Tensor) -> tuple[Tensor, int]:
-    """χ_⊥ = C_W⟨σ'²⟩_K deep in the network: the single-input recursion continued with the last
-    layer's C_b, C_W to depth ``_FAR_DEPTH`` (or until K leaves the float range). Returns
-    (χ_⊥ per input, the depth reached)."""
-
+def _asymptotic_chi_perp(net: MLP, K_diag: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """κ(ℓ) = ℓ·|log χ_⊥^{(ℓ)}| deep in the network, at ℓ = D/2 and D: the single-input
+    recursion continued with the last layer's C_b, C_W to D = max(1000, 2L). Returns
+    (κ(D/2), χ_⊥^{(D)}, whether K left the float range first) per input. At criticality χ_⊥
+    approaches 1 as a power law (κ tends to a constant, p_⊥ in the K*=0 class); off it χ_⊥ tends
+    to a constant ≠ 1 and κ grows ∝ ℓ."""
     act, C_b, C_W = net.activation, net.C_b[-1], net.C_W[-1]
+    far = max(_FAR_DEPTH, 2 * net.depth)
     if act.homogeneous is not None:  # χ_⊥ = C_W (a₊² + a₋²)/2 at every K (book §5.2)
         a_p, a_m = act.homogeneous
-        return torch.full_like(K_diag, C_W * (a_p**2 + a_m**2) / 2), _FAR_DEPTH
-    K = K_diag.clone()
-    ell = net.depth
+        chi = torch.full_like(K_diag, C_W * (a_p**2 + a_m**2) / 2)
+        return far / 2 * torch.log(chi).abs(), chi, False
     if all(k == 0.0 for k in act.kinks):  # one rule in u = z/√K serves every K
         from pdlt.gaussian import _segment_rule
 
@@ -603,12 +604,19 @@ def _asymptotic_chi_perp(net: MLP, K_diag: Tensor) -> tuple[Tensor, int]:
         def mean(f, K):
             return expect(f, K, kinks=act.kinks)
 
-    while ell < _FAR_DEPTH:
+    def chi_at(K):
+        return C_W * mean(lambda z: act.d1(z) ** 2, K)
+
+    K, ell = K_diag.clone(), net.depth
+    kappa_half = None
+    while ell < far:
+        if ell == net.depth + (far - net.depth) // 2:
+            kappa_half = ell * torch.log(chi_at(K)).abs()
         nxt = C_b + C_W * mean(lambda z: act(z) ** 2, K)
         if not torch.isfinite(nxt).all() or float(nxt.max()) > 1e100 or float(nxt.min()) < 1e-280:
-            break
+            return torch.zeros_like(K), chi_at(K), True
         K, ell = nxt, ell + 1
-    return C_W * mean(lambda z: act.d1(z) ** 2, K), ell
+    return kappa_half, chi_at(K), False
 
 
 def ntk_criticality(net: MLP, x: np.ndarray | Tensor) -> NTKCriticality:
@@ -642,14 +650,19 @@ def ntk_criticality(net: MLP, x: np.ndarray | Tensor) -> NTKCriticality:
     idx = torch.arange(N)
     chi_perp = torch.stack([c[idx, idx] for c in chi]) if chi else torch.empty((0, N))
     gprod = torch.stack([p[idx, idx] for p in products])
-    chi_far, ell_far = _asymptotic_chi_perp(net, torch.diagonal(Ks[-1]))
-    kappa = ell_far * torch.log(chi_far).abs()  # ≈ p_⊥ at criticality, ∝ ℓ off it
-    worst = int(torch.argmax(kappa))
-    if float(kappa[worst]) <= _CRITICAL_KAPPA:
-        scale, regime = float("inf"), "critical"
-    else:
+    far = max(_FAR_DEPTH, 2 * L)
+    kappa_half, chi_far, escaped = _asymptotic_chi_perp(net, torch.diagonal(Ks[-1]))
+    kappa_far = far * torch.log(chi_far).abs()
+    # exponential (off-critical) when κ keeps growing ∝ ℓ between D/2 and D (ratio 2), power law
+    # (critical) when it levels off (ratio 1); K leaving the float range is exponential
+    growing = escaped | (kappa_far > _GROWTH * kappa_half)
+    off = growing & (kappa_far > 1e-9)
+    if bool(off.any()):
+        worst = int(torch.argmax(torch.where(off, torch.log(chi_far).abs(), -1.0)))
         scale = float(1 / torch.log(chi_far[worst]).abs())
         regime = "exploding" if float(chi_far[worst]) > 1 else "vanishing"
+    else:
+        scale, regime = float("inf"), "critical"
     return NTKCriticality(
         contributions=contributions.numpy(),
         chi_perp=chi_perp.numpy(),

@@ -165,9 +165,10 @@ def ntk_section(config: ReportConfig) -> Section:
     lr_table, cls = _learning_rate_table(config, net0.C_W[0], net0.C_b[0])
     summary.append(
         {
-            "check": "NTK criticality",
-            "value": crit.regime,
-            "status": status(crit.regime == "critical" or config.C_W is not None),
+            "check": "NTK criticality (gradients)",
+            "value": f"{crit.regime}, depth scale {crit.depth_scale:.3g}",
+            # ok unless the gradients change exponentially within this network's depth
+            "status": status(crit.regime == "critical" or crit.depth_scale >= config.depth),
         }
     )
     body = [
