@@ -139,5 +139,53 @@ def _root() -> None:
     """pdlt: theory vs real networks."""
 
 
+@app.command("finite-width")
+def finite_width(
+    activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, relu, …).")],
+    depth: Annotated[int, typer.Option(min=2, help="Number of weight layers L.")] = 10,
+    width: Annotated[int, typer.Option(min=1, help="Hidden width n.")] = 100,
+    C_W: Annotated[
+        float | None,
+        typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
+    ] = None,
+    C_b: Annotated[float, typer.Option("--C-b", help="Bias variance C_b.")] = 0.0,
+    K1: Annotated[float, typer.Option("--K1", min=0, help="First-layer kernel K^(1) (> 0).")] = 1.0,
+) -> None:
+    """Single-input finite-width theory per layer: K, V/K², excess kurtosis 3V/(nK²), and the
+    relative kernel shift K1/(nK) at width n (book §4.2–4.5, §5.4)."""
+    import math
+
+    from pdlt.activations import activation as make_activation
+    from pdlt.network import MLP
+    from pdlt.report import ReportConfig
+    from pdlt.report.common import report_C_W
+    from pdlt.theory.vertex import kernel_correction
+
+    try:
+        make_activation(activation)
+        cw = C_W if C_W is not None else report_C_W(ReportConfig(activation=activation))
+        if cw <= 0 or C_b < 0 or K1 <= C_b:
+            raise ValueError(f"need --C-W > 0, --C-b ≥ 0 and --K1 > C_b, got {cw}, {C_b}, {K1}")
+        net = MLP(activation, depth=depth, width=width, input_dim=1, C_W=cw, C_b=C_b)
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    kc = kernel_correction(net, [[math.sqrt((K1 - C_b) / cw)]])
+    tab = Table(title=f"{activation}, C_W = {cw:g}, C_b = {C_b:g}, n = {width}, K^(1) = {K1:g}")
+    for col in ("layer", "ℓ/n", "K", "V/K²", "excess kurtosis", "K1/(nK)"):
+        tab.add_column(col)
+    n_prev = net.widths[:-1]
+    for ell in range(depth):
+        K, V, G1 = kc.K[ell, 0, 0], kc.V_pairs[ell, 0, 0], kc.K1[ell, 0, 0]
+        tab.add_row(
+            str(ell + 1),
+            f"{(ell + 1) / n_prev[ell]:.3g}",
+            f"{K:.6g}",
+            f"{V / K**2:.5g}",
+            f"{3 * V / (n_prev[ell] * K**2):.4g}",
+            f"{G1 / (n_prev[ell] * K):+.3e}",
+        )
+    console.print(tab)
+
+
 def main() -> None:
     app()
