@@ -15,6 +15,9 @@ from pdlt.activations import Activation, activation
 from pdlt.compare import compare
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.experiment.ntk import empirical_ntk
+from pdlt.experiment.sweep import sweep
+from pdlt.experiment.train import TrainedEnsemble, train_ensemble
+from pdlt.experiment.trainability import Trainability, trainability
 from pdlt.network import MLP
 from pdlt.theory.criticality import (
     critical_line,
@@ -24,6 +27,13 @@ from pdlt.theory.criticality import (
     universality_class,
 )
 from pdlt.theory.kernel import Kernel, kernel
+from pdlt.theory.learning import (
+    BiasVariance,
+    NNGPRegressor,
+    NTKRegressor,
+    bias_variance,
+    log_evidence,
+)
 from pdlt.theory.linear import deep_linear, deep_linear_moments
 from pdlt.theory.ntk import (
     NTK,
@@ -43,6 +53,16 @@ from pdlt.theory.vertex import (
 )
 
 __all__ = [
+    "BiasVariance",
+    "NNGPRegressor",
+    "NTKRegressor",
+    "TrainedEnsemble",
+    "Trainability",
+    "bias_variance",
+    "log_evidence",
+    "sweep",
+    "train_ensemble",
+    "trainability",
     "FourPointVertex",
     "KernelCorrection",
     "Metric",

@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,22 @@ from pdlt.network import MLP, validate_inputs
 
 Tensor = torch.Tensor
 LOSSES = ("mse", "cross_entropy")
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch CPU threads (None: unchanged), restoring the setting after.
+
+    pdlt's tensors are small (batched over networks or input pairs); on a busy machine extra
+    intra-op threads mostly wait for each other (measured 10–13× slower with 2 threads than
+    with 1 on a shared 2-core machine)."""
+    saved = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 @dataclass(frozen=True)
@@ -232,6 +249,7 @@ def train_ensemble(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     max_memory: int = DEFAULT_MAX_MEMORY,
+    threads: int | None = 1,
     progress: bool | None = None,
 ) -> TrainedEnsemble:
     """Train ``n_networks`` networks of ``net`` on (X, y) by full-batch gradient descent with the
@@ -261,6 +279,12 @@ def train_ensemble(
         Carlo error of the mean; :meth:`TrainedEnsemble.mean` accounts for the pairing.
     dtype, device, max_memory:
         float32 (default) or float64; "cpu" or "cuda"; memory bound for one chunk of networks.
+    threads:
+        CPU threads for torch while training (restored afterwards); None keeps torch's setting.
+        Default 1: the work is many small matrix products batched over networks, where
+        intra-op threads buy little and, on a busy machine, cost a lot (measured 13× slower
+        with 2 threads than with 1 on a shared 2-core machine). Pass more for wide networks on
+        an idle many-core machine.
     progress:
         Progress bar over steps × chunks (default: only on a terminal).
 
@@ -288,6 +312,10 @@ def train_ensemble(
     ):
         raise ValueError(f"learning_rate must be a finite float > 0, got {learning_rate!r}")
     check_ensemble_args(n_networks, seed, max_memory)
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1
+    ):
+        raise ValueError(f"threads must be an int ≥ 1 or None, got {threads!r}")
     if antithetic and n_networks % 2:
         raise ValueError(f"antithetic=True needs an even n_networks, got {n_networks}")
     dtype = resolve_dtype(dtype)
@@ -317,46 +345,49 @@ def train_ensemble(
     accs = np.full((R, M), np.nan) if classify else None
     diverged = np.zeros(M, dtype=bool)
 
-    n_chunks = math.ceil(n_draw / B)
-    with progress_bar("training", n_chunks * max(int(steps), 1), progress_enabled(progress)) as adv:
-        for start in range(0, n_draw, B):
-            size = min(B, n_draw - start)
-            Ws, bs = _initial_parameters(net, gens, start, size, dtype, dev)
-            if antithetic:  # interleave (θ, θ with the last layer negated)
-                Ws = [torch.stack([W, W], 1).flatten(0, 1) for W in Ws]
-                bs = [torch.stack([b, b], 1).flatten(0, 1) for b in bs]
-                sign = torch.tensor([1.0, -1.0], dtype=dtype, device=dev).repeat(size)
-                Ws[-1] = Ws[-1] * sign[:, None, None]
-                bs[-1] = bs[-1] * sign[:, None, None]
-            lo, hi = (2 * start, 2 * (start + size)) if antithetic else (start, start + size)
-            params = [p.requires_grad_(True) for p in (*Ws, *bs)]
-            alive = torch.ones(hi - lo, dtype=torch.bool, device=dev)
-            r = 0
-            for step in range(int(steps) + 1):
-                z = _forward(net, Ws, bs, xa)
-                per_net = _loss_per_network(z, ya, loss)
-                alive &= torch.isfinite(per_net)
-                if r < R and rec[r] == step:
+    with torch_threads(threads if dev.type == "cpu" else None):
+        n_chunks = math.ceil(n_draw / B)
+        with progress_bar(
+            "training", n_chunks * max(int(steps), 1), progress_enabled(progress)
+        ) as adv:
+            for start in range(0, n_draw, B):
+                size = min(B, n_draw - start)
+                Ws, bs = _initial_parameters(net, gens, start, size, dtype, dev)
+                if antithetic:  # interleave (θ, θ with the last layer negated)
+                    Ws = [torch.stack([W, W], 1).flatten(0, 1) for W in Ws]
+                    bs = [torch.stack([b, b], 1).flatten(0, 1) for b in bs]
+                    sign = torch.tensor([1.0, -1.0], dtype=dtype, device=dev).repeat(size)
+                    Ws[-1] = Ws[-1] * sign[:, None, None]
+                    bs[-1] = bs[-1] * sign[:, None, None]
+                lo, hi = (2 * start, 2 * (start + size)) if antithetic else (start, start + size)
+                params = [p.requires_grad_(True) for p in (*Ws, *bs)]
+                alive = torch.ones(hi - lo, dtype=torch.bool, device=dev)
+                r = 0
+                for step in range(int(steps) + 1):
+                    z = _forward(net, Ws, bs, xa)
+                    per_net = _loss_per_network(z, ya, loss)
+                    alive &= torch.isfinite(per_net)
+                    if r < R and rec[r] == step:
+                        with torch.no_grad():
+                            zb = _forward(net, Ws, bs, xb) if X_test is not None else z
+                            out = zb.transpose(1, 2).detach().to("cpu", torch.float64).numpy()
+                            keep = alive.cpu().numpy()
+                            preds[r, lo:hi][keep] = out[keep]
+                            losses[r, lo:hi][keep] = per_net.detach().cpu().numpy()[keep]
+                            if classify:
+                                accs[r, lo:hi][keep] = _accuracy(z, ya).cpu().numpy()[keep]
+                        r += 1
+                    if step == steps:
+                        break
+                    total = torch.where(alive, per_net, torch.zeros_like(per_net)).sum()
+                    grads = torch.autograd.grad(total, params)
                     with torch.no_grad():
-                        zb = _forward(net, Ws, bs, xb) if X_test is not None else z
-                        out = zb.transpose(1, 2).detach().to("cpu", torch.float64).numpy()
-                        keep = alive.cpu().numpy()
-                        preds[r, lo:hi][keep] = out[keep]
-                        losses[r, lo:hi][keep] = per_net.detach().cpu().numpy()[keep]
-                        if classify:
-                            accs[r, lo:hi][keep] = _accuracy(z, ya).cpu().numpy()[keep]
-                    r += 1
-                if step == steps:
-                    break
-                total = torch.where(alive, per_net, torch.zeros_like(per_net)).sum()
-                grads = torch.autograd.grad(total, params)
-                with torch.no_grad():
-                    mask = alive.to(dtype)[:, None, None]
-                    for i in range(net.depth):
-                        Ws[i].sub_(rates_W[i] * mask * torch.nan_to_num(grads[i]))
-                        bs[i].sub_(rates_b[i] * mask * torch.nan_to_num(grads[net.depth + i]))
-                adv(1)
-            diverged[lo:hi] = ~alive.cpu().numpy()
+                        mask = alive.to(dtype)[:, None, None]
+                        for i in range(net.depth):
+                            Ws[i].sub_(rates_W[i] * mask * torch.nan_to_num(grads[i]))
+                            bs[i].sub_(rates_b[i] * mask * torch.nan_to_num(grads[net.depth + i]))
+                    adv(1)
+                diverged[lo:hi] = ~alive.cpu().numpy()
     if diverged.any():
         warnings.warn(
             f"{int(diverged.sum())} of {M} networks diverged (training loss became non-finite); "
