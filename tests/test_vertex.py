@@ -209,3 +209,15 @@ def test_zero_input_is_finite():
     assert np.isfinite(kc.K1).all() and np.isfinite(kc.V_pairs).all()
     assert np.abs(pairs_to_tensor(kc.V_pairs, 2)[:, 0, 0, 0, 0]).max() == 0
     torch.testing.assert_close(torch.as_tensor(kc.K1[:, 0, 0]), torch.zeros(4, dtype=torch.float64))
+
+
+def test_cli_finite_width():
+    from typer.testing import CliRunner
+
+    from pdlt.cli import app
+
+    res = CliRunner().invoke(app, ["finite-width", "tanh", "--depth", "3", "--width", "50"])
+    assert res.exit_code == 0, res.output
+    assert "1.2128" in res.output  # V/K² at ℓ = 3 (note 01 table A: 1.212823)
+    bad = CliRunner().invoke(app, ["finite-width", "tanh", "--K1", "0"])
+    assert bad.exit_code != 0
