@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -77,11 +78,36 @@ def first_layer_ntk(x: Tensor, lambda_b: float, lambda_W: float) -> Tensor:
     return lambda_b + lambda_W * (x @ x.T) / x.shape[1]
 
 
+@lru_cache(maxsize=16)
+def _standard_rule(q: int, n_kinks: int) -> tuple[Tensor, Tensor]:
+    """Gauss–Legendre rule for u ~ N(0, 1) split at u = 0 (n_kinks times), as pdlt.gaussian
+    builds it for kinks at z = 0; cached, since it does not depend on the variance."""
+    from pdlt.gaussian import _segment_rule
+
+    u, w = _segment_rule(torch.zeros((1, n_kinks), dtype=torch.float64), q)
+    return u[0], w[0]
+
+
+def _expect_1d(f, var: Tensor, kinks: tuple[float, ...]) -> Tensor:
+    """⟨f(z)⟩, z ~ N(0, var), elementwise: :func:`pdlt.gaussian.expect` with its rule cached
+    when every kink sits at 0 (the same nodes for every variance)."""
+    if any(k != 0.0 for k in kinks):
+        return expect(f, var, kinks=kinks)
+    from pdlt.gaussian import _nodes_per_piece
+
+    s = torch.sqrt(torch.clamp(var, min=0.0))
+    # node count rounded up to a multiple of 64, so that few rules are ever built (each costs an
+    # O(q³) eigenvalue problem) while the accuracy is at least pdlt.gaussian's
+    q = -(-_nodes_per_piece(float(s.max())) // 64) * 64
+    u, w = _standard_rule(q, len(kinks))
+    return (f(s[:, None] * u) * w).sum(dim=1)
+
+
 def _pair(act, K: Tensor, orders: tuple[int, int]) -> Tensor:
     """⟨σ^{(i)}_{δ1} σ^{(j)}_{δ2}⟩_K; a single input needs only the 1-D rule."""
     if K.shape[0] == 1 and tuple(orders) not in act.closed_forms:
         f, g = act.derivative(orders[0]), act.derivative(orders[1])
-        return expect(lambda z: f(z) * g(z), torch.diagonal(K), kinks=act.kinks)[:, None]
+        return _expect_1d(lambda z: f(z) * g(z), torch.diagonal(K), act.kinks)[:, None]
     return pair_expectation(act, K, orders)
 
 
@@ -592,17 +618,9 @@ def _asymptotic_chi_perp(net: MLP, K_diag: Tensor) -> tuple[Tensor, Tensor, bool
         a_p, a_m = act.homogeneous
         chi = torch.full_like(K_diag, C_W * (a_p**2 + a_m**2) / 2)
         return far / 2 * torch.log(chi).abs(), chi, False
-    if all(k == 0.0 for k in act.kinks):  # one rule in u = z/√K serves every K
-        from pdlt.gaussian import _segment_rule
 
-        u, w = _segment_rule(torch.zeros((1, len(act.kinks)), dtype=torch.float64), 200)
-
-        def mean(f, K):
-            return (f(torch.sqrt(K)[:, None] * u) * w).sum(dim=1)
-    else:
-
-        def mean(f, K):
-            return expect(f, K, kinks=act.kinks)
+    def mean(f, K):
+        return _expect_1d(f, K, act.kinks)
 
     def chi_at(K):
         return C_W * mean(lambda z: act.d1(z) ** 2, K)
@@ -826,8 +844,8 @@ def _equal_contribution_rates(act, L, lambda_b, lambda_W, C_W, C_b, input_norm):
     chis = []
     for _ in range(1, L):
         k = torch.tensor([K], dtype=torch.float64)
-        s2 = float(expect(lambda z: act(z) ** 2, k, kinks=act.kinks)[0])
-        d2 = float(expect(lambda z: act.d1(z) ** 2, k, kinks=act.kinks)[0])
+        s2 = float(_expect_1d(lambda z: act(z) ** 2, k, act.kinks)[0])
+        d2 = float(_expect_1d(lambda z: act.d1(z) ** 2, k, act.kinks)[0])
         chis.append(C_W * d2)
         sigma2.append(s2)
         K = C_b + C_W * s2
