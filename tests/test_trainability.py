@@ -38,7 +38,7 @@ def test_tiny_diagram_separates_trainable_from_untrainable(tmp_path):
 
 
 def test_theory_overlay_boundary_is_chi_perp_one():
-    ov = theory_overlay(np.linspace(0.5, 4.0, 120), 0.05)
+    ov = theory_overlay(np.linspace(0.5, 4.0, 120), 0.05)  # (runs on one torch thread)
     # independent route: the criticality analysis at the interpolated boundary; linear
     # interpolation on a 0.03-spaced grid of a smooth χ⊥(C_W) is accurate to ~1e-4.
     assert criticality("tanh", C_b=0.05, C_W=ov["critical_C_W"]).chi_perp == pytest.approx(

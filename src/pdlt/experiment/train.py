@@ -123,14 +123,15 @@ class TrainedEnsemble:
         return p.mean(0), p.std(0, ddof=1) / math.sqrt(p.shape[0])
 
     def variance(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Ensemble variance of each output (N_test, n_out) and its standard error
-        √((m4 − s⁴)/M) from the sample fourth central moment."""
+        """Ensemble variance of each output (N_test, n_out) and its standard error, from the
+        spread of the squared deviations (for antithetic pairs, of their pair averages: the two
+        members of a pair are not independent samples of (z − m)²)."""
         p = self._alive(step)
         M = p.shape[0]
-        d = p - p.mean(0)
-        var = (d**2).sum(0) / (M - 1)
-        m4 = (d**4).mean(0)
-        return var, np.sqrt(np.maximum(m4 - var**2, 0.0) / M)
+        q = (p - p.mean(0)) ** 2 * (M / (M - 1))
+        if self.antithetic and not self.diverged.any():
+            q = 0.5 * (q[0::2] + q[1::2])
+        return q.mean(0), q.std(0, ddof=1) / math.sqrt(q.shape[0])
 
     def covariance(self, step: int | None = None, output: int = 0) -> np.ndarray:
         """Ensemble covariance over test inputs (N_test, N_test) of one output."""
