@@ -16,3 +16,17 @@ def test_ntk_section_quick(tmp_path):
     crit = checks["NTK criticality (gradients)"]  # ReLU at C_W = 2
     assert crit["value"].startswith("critical") and crit["status"] == "ok"
     assert all(row["status"] in ("ok", "CHECK") for row in sec.summary)
+
+
+def test_cli_ntk():
+    from typer.testing import CliRunner
+
+    from pdlt.cli import app
+
+    res = CliRunner().invoke(app, ["ntk", "relu", "--depth", "6"])
+    assert res.exit_code == 0, res.output
+    assert "critical" in res.output and "scale-invariant" in res.output
+    res = CliRunner().invoke(app, ["ntk", "tanh", "--C-W", "0.5", "--depth", "4"])
+    assert res.exit_code == 0 and "vanishing" in res.output and "numerical" in res.output
+    res = CliRunner().invoke(app, ["ntk", "tanh", "--C-W", "-1"])
+    assert res.exit_code != 0 and "C-W" in res.output

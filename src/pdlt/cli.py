@@ -134,6 +134,80 @@ def criticality(
         console.print(g)
 
 
+@app.command()
+def ntk(
+    activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, relu, …).")],
+    depth: Annotated[int, typer.Option(min=1, help="Number of weight layers L.")] = 10,
+    C_W: Annotated[
+        float | None, typer.Option("--C-W", help="Weight variance (default: critical).")
+    ] = None,
+    C_b: Annotated[
+        float | None, typer.Option("--C-b", help="Bias variance (default: critical).")
+    ] = None,
+) -> None:
+    """The NTK of ACTIVATION at initialization: gradient criticality and learning-rate scaling
+    (book ch. 8–9), for one input with |x|²/n_0 = 1."""
+    import numpy as np
+
+    from pdlt.activations import activation as make_activation
+    from pdlt.network import MLP
+    from pdlt.theory.criticality import critical_point
+    from pdlt.theory.ntk import learning_rates, ntk_criticality
+    from pdlt.theory.ntk import ntk as ntk_theory
+
+    try:
+        act = make_activation(activation)
+        if C_W is not None and C_W <= 0:
+            raise ValueError(f"--C-W must be > 0, got {C_W}")
+        if C_b is not None and C_b < 0:
+            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    cp = critical_point(act)
+    cw = C_W if C_W is not None else (float(cp.C_W) if cp.exists else 1.0)
+    cb = C_b if C_b is not None else (float(cp.C_b) if cp.exists and C_W is None else 0.0)
+    x = np.ones((1, 4))
+    net = MLP(act, depth, 64, 4, C_W=cw, C_b=cb)
+    crit = ntk_criticality(net, x)
+    console.print(
+        f"{act.name}, C_W = {cw:.6g}, C_b = {cb:.6g}, depth {depth}: gradients "
+        f"[bold]{crit.regime}[/bold] (depth scale {crit.depth_scale:.3g} layers)"
+    )
+    # the book's class formulas hold at criticality; for a user-given C_W, C_b balance numerically
+    method = "auto" if C_W is None and C_b is None else "numerical"
+
+    def rates(L: int):
+        return learning_rates(act, L, method=method, C_W=cw, C_b=cb)
+
+    try:
+        lr = rates(depth)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    tab = Table(title=f"learning-rate scaling ({lr.universality_class}; book §9.2–9.4)")
+    for col in (
+        "depth L",
+        "Θ^(L), λ = 1",
+        "Θ^(L), scaled λ",
+        "λ_b^(1)",
+        "λ_b^(L)",
+        "λ_W^(1)",
+        "λ_W^(L)",
+    ):
+        tab.add_column(col)
+    for L in sorted({5, 10, 20, 50, 100, depth}):
+        base, r = net.with_(depth=L), rates(L)
+        values = (
+            ntk_theory(base, x).Theta[-1, 0, 0],
+            ntk_theory(r.apply(base), x).Theta[-1, 0, 0],
+            r.lambda_b[0],
+            r.lambda_b[-1],
+            r.lambda_W[0],
+            r.lambda_W[-1],
+        )
+        tab.add_row(str(L), *[f"{v:.4g}" for v in values])
+    console.print(tab)
+
+
 @app.command("phase-diagram")
 def phase_diagram(
     C_W_min: Annotated[float, typer.Option("--C-W-min", help="Smallest C_W.")] = 0.5,
