@@ -60,7 +60,7 @@ def _trained_vs_theory(config: ReportConfig):
     net = _net(config, width)
     K, Theta = output_kernels(net, np.concatenate([X_A, X_B]))
     eta = 1.0 / np.linalg.eigvalsh(Theta[:n_A, :n_A]).max()
-    steps = 40 if config.quick else 80
+    steps = 40 if config.quick else 60
     Y = y_A[:, None]
     m_B, cov = kernel_prediction(
         *_split(Theta, n_A)[:2], *_split(K, n_A), Y, learning_rate=eta, steps=steps
@@ -68,7 +68,7 @@ def _trained_vs_theory(config: ReportConfig):
     g_B, gcov = nngp_posterior(*_split(K, n_A), Y, 1e-8)
     every = 2
     X_meas = X_B[::every]
-    n_networks = min(config.ensemble_size, 64 if config.quick else 200)
+    n_networks = min(config.ensemble_size, 64 if config.quick else 128)
     n_networks -= n_networks % 2
     ens = train_ensemble(
         net, X_A, y_A, steps=steps, learning_rate=eta, n_networks=n_networks,
