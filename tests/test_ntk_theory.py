@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pdlt
 from pdlt.gaussian import expect
@@ -329,3 +331,24 @@ def test_ntk_criticality_regimes(act, C_W, regime):
             np.inf if C_W == 2.0 else pytest.approx(1 / abs(np.log(C_W / 2)))
         )
     assert len(crit.to_frame()) == 12
+
+
+@settings(max_examples=25)
+@given(
+    act=st.sampled_from(["relu", "linear", "erf", "leaky_relu"]),
+    depth=st.integers(1, 6),
+    C_W=st.floats(0.1, 3.0),
+    C_b=st.floats(0.0, 1.0),
+    lam=st.floats(0.0, 2.0),
+    scale=st.floats(-3.0, 3.0),
+)
+def test_ntk_fuzz_finite_symmetric_psd(act, depth, C_W, C_b, lam, scale):
+    """Any valid spec gives a finite, symmetric, positive semi-definite Θ (a Gram matrix of
+    gradients) with the first layer exactly λ_b + λ_W x·x/n_0."""
+    net = pdlt.MLP(act, depth, 8, 3, C_W=C_W, C_b=C_b, lambda_b=lam, lambda_W=1.0)
+    x = np.array([[1.0, 0.5, -0.2], [0.3, -1.0, 0.8], [0.0, 0.0, 0.0]]) * scale
+    Theta = pdlt.ntk(net, x).Theta
+    assert np.isfinite(Theta).all()
+    np.testing.assert_allclose(Theta, Theta.transpose(0, 2, 1), atol=1e-12)
+    np.testing.assert_allclose(Theta[0], lam + x @ x.T / 3, atol=1e-12)
+    assert (np.linalg.eigvalsh(Theta) >= -1e-9 * np.abs(Theta).max()).all()
