@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
@@ -312,3 +314,40 @@ def _checks():
 @pytest.mark.parametrize("estimator, check", list(_checks()))
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_last_layer_training_is_bayesian_inference():
+    # Train only the last layer with λ_b^(L) = C_b, λ_W^(L) = C_W: then Θ^(L) = K^(L), and the
+    # trained ensemble equals the noiseless NNGP posterior ("sample-then-optimize", note §3.6).
+    C_b, C_W = 0.1, 1.0
+    net = pdlt.MLP(
+        "erf", depth=3, width=1, input_dim=4, C_b=C_b, C_W=C_W,
+        lambda_b=(0.0, 0.0, C_b), lambda_W=(0.0, 0.0, C_W),
+    )  # fmt: skip
+    K, Theta = output_kernels(net, np.concatenate([X_A, X_B]))
+    np.testing.assert_allclose(Theta, K, rtol=1e-12)
+    m, cov = NTKRegressor(net).fit(X_A, Y_A).predict(X_B, return_cov=True)
+    g, gcov = NNGPRegressor(net, noise=1e-13).fit(X_A, Y_A).predict(X_B, return_cov=True)
+    # noise 1e-13 on a kernel with condition number ~1e3: agreement to ~1e-9.
+    np.testing.assert_allclose(m, g, atol=1e-8)
+    np.testing.assert_allclose(cov, gcov, atol=1e-8)
+
+
+@settings(max_examples=25)
+@given(
+    noise=st.floats(min_value=-1.0, max_value=1e3) | st.sampled_from([math.nan, math.inf, 0.0]),
+    scale=st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+    n=st.integers(min_value=1, max_value=5),
+)
+def test_fuzzed_inputs_give_a_clear_error_or_a_finite_result(noise, scale, n):
+    X = X_A[:n] * (1 + abs(scale) * 1e-6)
+    y = Y_A[:n] * scale
+    try:
+        gp = NNGPRegressor(noise=noise).fit(X, y)
+    except ValueError as exc:
+        assert "noise" in str(exc)
+        assert not (noise > 0 and math.isfinite(noise))
+        return
+    mean, std = gp.predict(X_B, return_std=True)
+    assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
+    assert math.isfinite(gp.log_evidence())
