@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pdlt
 from pdlt.theory.vertex import input_pairs, pairs_to_tensor
@@ -188,6 +190,24 @@ def test_pairs_index_roundtrip():
     assert pairs.shape == (10, 2)
     for p, (a, b) in enumerate(pairs.tolist()):
         assert index[a, b] == index[b, a] == p
+
+
+@settings(max_examples=8)
+@given(
+    act=st.sampled_from(["tanh", "relu", "gelu", "linear", "sin"]),
+    depth=st.integers(2, 3),
+    n_inputs=st.integers(1, 3),
+    C_W=st.floats(0.5, 2.5),
+    C_b=st.floats(0.0, 0.5),
+    scale=st.floats(0.0, 3.0),
+)
+def test_fuzz_finite_results(act, depth, n_inputs, C_W, C_b, scale):
+    """Any valid spec gives finite V, K1 with V's pair symmetry, or a clear error."""
+    net = pdlt.MLP(act, depth=depth, width=8, input_dim=2, C_W=C_W, C_b=C_b)
+    x = scale * np.linspace(-1, 1, 2 * n_inputs).reshape(n_inputs, 2)
+    kc = pdlt.kernel_correction(net, x)
+    assert np.isfinite(kc.K1).all() and np.isfinite(kc.V_pairs).all()
+    np.testing.assert_allclose(kc.V_pairs, kc.V_pairs.transpose(0, 2, 1), atol=1e-12)
 
 
 def test_validation_errors():

@@ -136,6 +136,8 @@ def test_excess_kurtosis_grows_like_depth_over_width():
     assert np.abs(z).max() < 4.5, z
     th = pdlt.four_point_vertex(net, [[1.0]])
     np.testing.assert_allclose(th.excess_kurtosis[:, 0], 15 * np.arange(5) / n, rtol=1e-10)
+    # theory result and measurement pair up by name in pdlt.compare
+    assert set(pdlt.compare(th, ms).statistic) == {"V", "excess_kurtosis"}
 
 
 @pytest.mark.slow
