@@ -146,3 +146,26 @@ def test_with_changes_fields_and_revalidates():
     assert net.with_(depth=5).widths == (2, 8, 8, 8, 8, 1)
     with pytest.raises(ValueError):
         net.with_(C_W=-1.0)
+
+
+def _shifted_tanh(z):
+    return torch.tanh(z) + 0.1
+
+
+def test_specs_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    for act in ("relu", pdlt.activation("leaky_relu", slope=0.2), _shifted_tanh):
+        net = pdlt.MLP(act, depth=3, width=8, input_dim=2, C_W=[1.0, 2.0, 3.0])
+        back = pickle.loads(pickle.dumps(net))
+        assert back.widths == net.widths and back.C_W == net.C_W
+        assert back.activation.name == net.activation.name
+        z = torch.linspace(-2, 2, 9, dtype=torch.float64)
+        torch.testing.assert_close(back.activation.d1(z), net.activation.d1(z))
+        assert copy.deepcopy(net).activation is net.activation
+    x = np.random.default_rng(0).normal(size=(3, 2))
+    net = pdlt.MLP("leaky_relu", depth=3, width=8, input_dim=2)
+    np.testing.assert_array_equal(
+        pdlt.kernel(pickle.loads(pickle.dumps(net)), x).K, pdlt.kernel(net, x).K
+    )

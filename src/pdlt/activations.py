@@ -101,6 +101,19 @@ class Activation:
     def smooth(self) -> bool:
         return not self.kinks
 
+    def __reduce__(self):
+        # Closures and mapping proxies do not pickle: rebuild from the spec instead, so MLPs
+        # travel to worker processes and survive copy.deepcopy / sklearn.clone.
+        if self.builtin:
+            return (_rebuild_builtin, (self.name, dict(self.params)))
+        return (
+            _rebuild_callable,
+            (self.fn, self.d1, self.d2, self.kinks, self.name, dict(self.closed_forms)),
+        )
+
+    def __deepcopy__(self, memo: dict) -> Activation:
+        return self  # immutable
+
     def __repr__(self) -> str:
         p = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
         return f"Activation({self.name!r}{', ' + p if p else ''})"
@@ -367,31 +380,42 @@ _ALIASES = MappingProxyType({"silu": "swish", "identity": "linear", "leakyrelu":
 BUILTIN_ACTIVATIONS: tuple[str, ...] = tuple(_REGISTRY)
 
 
+def _rebuild_builtin(name: str, params: dict) -> Activation:
+    return _REGISTRY[name](**params)
+
+
+def _rebuild_callable(fn, d1, d2, kinks, name, closed_forms) -> Activation:
+    return Activation(
+        name=name,
+        fn=fn,
+        d1=d1,
+        d2=d2,
+        kinks=kinks,
+        closed_forms=MappingProxyType(dict(closed_forms)),
+        builtin=False,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # user callables
 
 
-def _autograd_derivative(f: TorchFn) -> TorchFn:
-    def df(z: Tensor) -> Tensor:
+class _AutogradDerivative:
+    """σ' (order 1) or σ'' (order 2) of an elementwise function by autograd; a class, not a
+    closure, so that user activations pickle when their function does."""
+
+    def __init__(self, f: TorchFn, order: int) -> None:
+        self.f, self.order = f, order
+
+    def __call__(self, z: Tensor) -> Tensor:
         with torch.enable_grad():
             x = z.detach().clone().requires_grad_(True)
-            y = f(x)
-            (g,) = torch.autograd.grad(y.sum(), x, create_graph=torch.is_grad_enabled())
-        return g
-
-    return df
-
-
-def _autograd_second_derivative(f: TorchFn) -> TorchFn:
-    def d2f(z: Tensor) -> Tensor:
-        with torch.enable_grad():
-            x = z.detach().clone().requires_grad_(True)
-            y = f(x)
-            (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+            y = self.f(x)
+            (g,) = torch.autograd.grad(y.sum(), x, create_graph=self.order > 1)
+            if self.order == 1:
+                return g.detach()
             (h,) = torch.autograd.grad(g.sum(), x, allow_unused=True)
         return torch.zeros_like(z) if h is None else h.detach()
-
-    return d2f
 
 
 def _check_callable(f: TorchFn, name: str) -> None:
@@ -486,8 +510,8 @@ def activation(
         return Activation(
             name=label,
             fn=spec,
-            d1=d1 if d1 is not None else _autograd_derivative(spec),
-            d2=d2 if d2 is not None else _autograd_second_derivative(spec),
+            d1=d1 if d1 is not None else _AutogradDerivative(spec, 1),
+            d2=d2 if d2 is not None else _AutogradDerivative(spec, 2),
             kinks=tuple(sorted(float(k) for k in kinks)),
             builtin=False,
         )
