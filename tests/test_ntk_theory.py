@@ -16,6 +16,17 @@ import pdlt
 from pdlt.gaussian import expect
 from pdlt.theory.ntk import ntk_universality_class
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Theory works on tensors of a few hundred nodes: one torch thread avoids the thread
+    start-up and wait cost that dominates them on a loaded machine (runs after conftest's)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 X1 = np.ones((1, 4))  # |x|²/n_0 = 1
 X2 = np.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, -1.0]])  # the two inputs of 02-ntk.md C3
 
