@@ -36,9 +36,9 @@ RESULTS = HERE / "results" / "vertex.json"
 _CASE = r"""
 import resource, sys, time, json
 import numpy as np, torch
-torch.set_num_threads(2)
+act_name, N, depth, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
 import pdlt
-act_name, N, depth = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 acts = {"linear": ("linear", 1.0), "relu": ("relu", 2.0), "tanh": ("tanh", 1.0)}
 act, cw = acts[act_name]
 x = np.random.default_rng(0).normal(size=(N, 8))
@@ -58,7 +58,7 @@ print(json.dumps({"wall_s": wall, "peak_mib": peak, "V_last": float(fw.V[-1, 0, 
 _MC = r"""
 import sys, time, json
 import numpy as np, torch
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[2]))
 import pdlt
 net = pdlt.MLP("tanh", depth=10, width=64, input_dim=1)
 x = [[1.0]]
@@ -87,6 +87,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="depth 10 instead of 50")
     ap.add_argument("--full", action="store_true", help="time N = 16 at the full depth")
     ap.add_argument("--n16-depth", type=int, default=4)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads (use 1 on a loaded machine: 2 threads on busy cores spin-wait)",
+    )
     args = ap.parse_args()
     depth = 10 if args.quick else 50
     rows = []
@@ -96,12 +102,14 @@ def main() -> None:
             if partial:
                 # per-layer cost from the difference of two short runs (first-layer cost apart)
                 d1, d2 = max(2, args.n16_depth // 2), args.n16_depth
-                r1, r2 = run(_CASE, act, N, d1), run(_CASE, act, N, d2)
+                r1, r2 = run(_CASE, act, N, d1, args.threads), run(_CASE, act, N, d2, args.threads)
                 per_layer = max(r2["wall_s"] - r1["wall_s"], 0.0) / (d2 - d1)
                 wall = r2["wall_s"] + per_layer * (depth - d2)
                 r = dict(r2, wall_s=wall, timed_depth=d2, per_layer_s=per_layer, extrapolated=True)
             else:
-                r = dict(run(_CASE, act, N, depth), timed_depth=depth, extrapolated=False)
+                r = dict(
+                    run(_CASE, act, N, depth, args.threads), timed_depth=depth, extrapolated=False
+                )
             r.update(activation=act, N=N, depth=depth)
             rows.append(r)
             flag = " (extrapolated)" if r["extrapolated"] else ""
@@ -109,7 +117,7 @@ def main() -> None:
                 f"{act:7s} N={N:3d} depth={depth}: {r['wall_s']:9.2f} s{flag}, peak {r['peak_mib']:7.1f} MiB",
                 flush=True,
             )
-    mc = run(_MC, 2000 if args.quick else 10000)
+    mc = run(_MC, 2000 if args.quick else 10000, args.threads)
     ratio = mc["mc_s_for_1pct"] / mc["theory_s"]
     print(
         f"\ntanh depth 10, n = 64, single input: theory {mc['theory_s']:.2f} s (V = {mc['V_theory']:.5f}); "
@@ -125,6 +133,7 @@ def main() -> None:
                 "vertex": rows,
                 "theory_vs_mc": dict(mc, ratio=ratio),
                 "target": "N = 16, depth 50 in ≤ 10 s on 2 cores",
+                "threads": args.threads,
             },
             indent=2,
         )
