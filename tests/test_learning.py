@@ -283,9 +283,16 @@ def test_clone_and_pickle_keep_the_network():
     assert twin.net is model.net and twin.get_params() == model.get_params()
     back = pickle.loads(pickle.dumps(model))
     np.testing.assert_allclose(back.predict(X_B), model.predict(X_B), rtol=1e-12)
-    user = pdlt.MLP(lambda z: z * 0.5, depth=2, width=1, input_dim=4)
-    with pytest.raises(TypeError, match="user activation"):
-        pickle.dumps(NNGPRegressor(user))
+    # user activations pickle when their function does (module-level functions, not lambdas)
+    user = pdlt.MLP(_half, depth=2, width=1, input_dim=4)
+    twin = pickle.loads(pickle.dumps(NNGPRegressor(user, noise=1e-3).fit(X_A, Y_A)))
+    np.testing.assert_allclose(
+        twin.predict(X_B), NNGPRegressor(user, noise=1e-3).fit(X_A, Y_A).predict(X_B), rtol=1e-12
+    )
+
+
+def _half(z):
+    return 0.5 * z
 
 
 # --------------------------------------------------------------------------------------------

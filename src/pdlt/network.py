@@ -191,7 +191,7 @@ def validate_inputs(net: MLP, x: object) -> torch.Tensor:
         t = x.detach().to("cpu", torch.float64)
     elif isinstance(x, (np.ndarray, list, tuple)):
         try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+            t = torch.from_numpy(np.array(x, dtype=np.float64))  # a copy: inputs may be read-only
         except (TypeError, ValueError) as exc:
             raise TypeError(f"x must be a numeric array, got {type(x).__name__}: {exc}") from None
     else:

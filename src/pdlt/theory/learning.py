@@ -36,7 +36,6 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from pdlt.activations import activation as make_activation
 from pdlt.gaussian import pair_expectation
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import kernel_layers
@@ -253,31 +252,8 @@ def _default_net(n_features: int) -> MLP:
     return MLP("relu", depth=3, width=1, input_dim=n_features, C_W=2.0, C_b=0.1)
 
 
-def _net_state(net: MLP | None) -> dict | None:
-    """A picklable description of a network (built-in activations only)."""
-    if net is None:
-        return None
-    act = net.activation
-    if not act.builtin:
-        raise TypeError(
-            f"cannot pickle a regressor whose network uses the user activation {act.name!r}; "
-            "only built-in activations can be rebuilt from their name"
-        )
-    fields = {k: getattr(net, k) for k in ("depth", "width", "input_dim", "output_dim")}
-    fields.update({k: getattr(net, k) for k in ("C_b", "C_W", "lambda_b", "lambda_W")})
-    return {"activation": (act.name, dict(act.params)), **fields}
-
-
-def _net_from_state(state: dict | None) -> MLP | None:
-    if state is None:
-        return None
-    state = dict(state)
-    name, params = state.pop("activation")
-    return MLP(activation=make_activation(name, **params), **state)
-
-
 class _InfiniteWidthRegressor(RegressorMixin, BaseEstimator):
-    """Shared boundary of the NNGP and NTK regressors: validation, the network, pickling."""
+    """Shared boundary of the NNGP and NTK regressors: validation and the network."""
 
     _parameter_constraints: dict = {"net": [MLP, None]}
 
@@ -291,20 +267,6 @@ class _InfiniteWidthRegressor(RegressorMixin, BaseEstimator):
     def __sklearn_clone__(self):
         # The network is frozen (immutable), so a clone shares it instead of deep-copying.
         return type(self)(**self.get_params(deep=False))
-
-    def __getstate__(self) -> dict:
-        state = dict(super().__getstate__())
-        state["net"] = _net_state(state.get("net"))
-        if "net_" in state:
-            state["net_"] = _net_state(state["net_"])
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        state = dict(state)
-        state["net"] = _net_from_state(state.get("net"))
-        if "net_" in state:
-            state["net_"] = _net_from_state(state["net_"])
-        super().__setstate__(state)
 
     def _network(self, n_features: int) -> MLP:
         if self.net is None:
