@@ -67,7 +67,8 @@ def _nodes_per_piece(scale_max: float, kmax: int = 0) -> int:
     with complex singularities (tanh: poles at iπ/2), so the node count grows ∝ s; Hermite
     coefficients up to order k oscillate k/2 times across the window and need q ≳ k.
     """
-    return int(min(2400, max(160, math.ceil(140 * scale_max), kmax + 96)))
+    q = max(160, math.ceil(140 * scale_max), kmax + 96)
+    return int(min(2400, -(-q // 32) * 32))  # multiples of 32, so cached rules get reused
 
 
 def _segment_rule(breaks: Tensor, q: int) -> tuple[Tensor, Tensor]:
@@ -294,6 +295,8 @@ def expect_pairs(
         ia, ib = torch.nonzero(~torch.eye(N, dtype=torch.bool), as_tuple=True)
     if method == "quadrature":
         vals = _quadrature_2d(f, g, s, rho, ia, ib, kinks_f, kinks_g, q2)
+    elif ia.numel() == 0:
+        vals = torch.empty(0, dtype=_DTYPE)  # a single input: only the diagonal
     else:
         cf, ef = hermite_coefficients(f, s * s, kmax, kinks=kinks_f)
         cg, eg = (cf, ef) if symmetric else hermite_coefficients(g, s * s, kmax, kinks=kinks_g)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -78,47 +77,14 @@ def first_layer_ntk(x: Tensor, lambda_b: float, lambda_W: float) -> Tensor:
     return lambda_b + lambda_W * (x @ x.T) / x.shape[1]
 
 
-@lru_cache(maxsize=16)
-def _standard_rule(q: int, n_kinks: int) -> tuple[Tensor, Tensor]:
-    """Gauss–Legendre rule for u ~ N(0, 1) split at u = 0 (n_kinks times), as pdlt.gaussian
-    builds it for kinks at z = 0; cached, since it does not depend on the variance."""
-    from pdlt.gaussian import _segment_rule
-
-    u, w = _segment_rule(torch.zeros((1, n_kinks), dtype=torch.float64), q)
-    return u[0], w[0]
-
-
-def _expect_1d(f, var: Tensor, kinks: tuple[float, ...]) -> Tensor:
-    """⟨f(z)⟩, z ~ N(0, var), elementwise: :func:`pdlt.gaussian.expect` with its rule cached
-    when every kink sits at 0 (the same nodes for every variance)."""
-    if any(k != 0.0 for k in kinks):
-        return expect(f, var, kinks=kinks)
-    from pdlt.gaussian import _nodes_per_piece
-
-    s = torch.sqrt(torch.clamp(var, min=0.0))
-    # node count rounded up to a multiple of 64, so that few rules are ever built (each costs an
-    # O(q³) eigenvalue problem) while the accuracy is at least pdlt.gaussian's
-    q = -(-_nodes_per_piece(float(s.max())) // 64) * 64
-    u, w = _standard_rule(q, len(kinks))
-    return (f(s[:, None] * u) * w).sum(dim=1)
-
-
-def _pair(act, K: Tensor, orders: tuple[int, int]) -> Tensor:
-    """⟨σ^{(i)}_{δ1} σ^{(j)}_{δ2}⟩_K; a single input needs only the 1-D rule."""
-    if K.shape[0] == 1 and tuple(orders) not in act.closed_forms:
-        f, g = act.derivative(orders[0]), act.derivative(orders[1])
-        return _expect_1d(lambda z: f(z) * g(z), torch.diagonal(K), act.kinks)[:, None]
-    return pair_expectation(act, K, orders)
-
-
 def ntk_map(net: MLP, K: Tensor, Theta: Tensor, layer: int) -> Tensor:
     """One step of the frozen-NTK recursion (book eq. 8.50), Θ^{(ℓ)} → Θ^{(ℓ+1)}, ``layer = ℓ+1``:
 
     λ_b^{(ℓ+1)} + λ_W^{(ℓ+1)} ⟨σσ⟩_{K^{(ℓ)}} + C_W^{(ℓ+1)} ⟨σ'σ'⟩_{K^{(ℓ)}} Θ^{(ℓ)}.
     """
     i = layer - 1
-    ss = _pair(net.activation, K, (0, 0))
-    dd = _pair(net.activation, K, (1, 1))
+    ss = pair_expectation(net.activation, K, (0, 0))
+    dd = pair_expectation(net.activation, K, (1, 1))
     return net.lambda_b[i] + net.lambda_W[i] * ss + net.C_W[i] * dd * Theta
 
 
@@ -133,8 +99,8 @@ def _ntk_terms(
     Thetas = [first_layer_ntk(x, net.lambda_b[0], net.lambda_W[0])]
     sss, dds = [], []
     for i in range(1, net.depth):
-        ss = _pair(net.activation, Ks[-1], (0, 0))
-        dd = _pair(net.activation, Ks[-1], (1, 1))
+        ss = pair_expectation(net.activation, Ks[-1], (0, 0))
+        dd = pair_expectation(net.activation, Ks[-1], (1, 1))
         Ks.append(net.C_b[i] + net.C_W[i] * ss)
         Thetas.append(net.lambda_b[i] + net.lambda_W[i] * ss + net.C_W[i] * dd * Thetas[-1])
         sss.append(ss)
@@ -620,7 +586,7 @@ def _asymptotic_chi_perp(net: MLP, K_diag: Tensor) -> tuple[Tensor, Tensor, bool
         return far / 2 * torch.log(chi).abs(), chi, False
 
     def mean(f, K):
-        return _expect_1d(f, K, act.kinks)
+        return expect(f, K, kinks=act.kinks)
 
     def chi_at(K):
         return C_W * mean(lambda z: act.d1(z) ** 2, K)
@@ -844,8 +810,8 @@ def _equal_contribution_rates(act, L, lambda_b, lambda_W, C_W, C_b, input_norm):
     chis = []
     for _ in range(1, L):
         k = torch.tensor([K], dtype=torch.float64)
-        s2 = float(_expect_1d(lambda z: act(z) ** 2, k, act.kinks)[0])
-        d2 = float(_expect_1d(lambda z: act.d1(z) ** 2, k, act.kinks)[0])
+        s2 = float(expect(lambda z: act(z) ** 2, k, kinks=act.kinks)[0])
+        d2 = float(expect(lambda z: act.d1(z) ** 2, k, kinks=act.kinks)[0])
         chis.append(C_W * d2)
         sigma2.append(s2)
         K = C_b + C_W * s2
