@@ -186,9 +186,11 @@ def _expect_split(
     pieces = len(kinks) + 1
     out = torch.empty(T, dtype=_DTYPE)
     step = max(1, _MAX_POINTS // (pieces * q) ** d)
-    for s0 in range(0, T, step):
+    s0 = 0
+    while s0 < T:
         Lc = L[s0 : s0 + step]
         t = Lc.shape[0]
+        peak = 0
         u = torch.zeros((t, 1, 0), dtype=_DTYPE)  # outer coordinates of each node
         wt = torch.ones((t, 1), dtype=_DTYPE)
         val = torch.ones((t, 1), dtype=_DTYPE)
@@ -219,12 +221,16 @@ def _expect_split(
             ).reshape(t, m, k + 1)
             wt = (wt[:, :, None] * wk).reshape(t, m)
             val = (val[:, :, None] * factors[k](zk)).reshape(t, m)
+            peak = max(peak, t * m)
             # drop nodes where the product vanishes for every tuple of the chunk (relu: the
             # piece below the kink, the same piece for all tuples since L_kk > 0)
             live = (val != 0).any(dim=0)
             if not live.all():
                 u, wt, val = u[:, live], wt[:, live], val[:, live]
-        out[s0 : s0 + step] = (val * wt).sum(dim=1)
+        out[s0 : s0 + t] = (val * wt).sum(dim=1)
+        s0 += t
+        # pruning makes the real size smaller than (pieces·q)^d: grow the chunk to fit the cap
+        step = max(1, int(t * _MAX_POINTS / max(peak, 1)))
     return out
 
 
