@@ -82,7 +82,7 @@ def _window(tol: float) -> float:
     return math.sqrt(2 * math.log(1 / tol)) + 1.5
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=16)  # grids reach 10⁵–10⁶ nodes: keep few
 def _product_grid(codes: tuple[int, ...], tol: float) -> tuple[Tensor, Tensor]:
     """Tensor product of the 1-D rules ``codes``: nodes (m, d), weights (m,)."""
     rules = [_rule_1d(c, tol) for c in codes]
