@@ -126,6 +126,8 @@ class Activation:
 def _cos_theta(kaa: Tensor, kbb: Tensor, kab: Tensor) -> tuple[Tensor, Tensor]:
     """(sqrt(K_aa K_bb), cos θ) with the 0/0 of a zero-variance input mapped to cos θ = 0."""
     norm = torch.sqrt(torch.clamp(kaa * kbb, min=0.0))
+    if bool((norm > 0).all()):
+        return norm, torch.clamp(kab / norm, -1.0, 1.0)
     cos = torch.where(norm > 0, kab / torch.where(norm > 0, norm, 1.0), torch.zeros_like(kab))
     return norm, torch.clamp(cos, -1.0, 1.0)
 
@@ -133,12 +135,10 @@ def _cos_theta(kaa: Tensor, kbb: Tensor, kab: Tensor) -> tuple[Tensor, Tensor]:
 def _arccos1(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
     """ReLU arc-cosine kernel of degree 1: ⟨relu(z_a) relu(z_b)⟩ = √(K_aa K_bb)/2π [sin θ + (π−θ) cos θ]."""
     norm, cos = _cos_theta(kaa, kbb, kab)
-    theta = torch.arccos(cos)
-    return (
-        norm
-        / (2 * math.pi)
-        * (torch.sqrt(torch.clamp(1 - cos * cos, min=0.0)) + (math.pi - theta) * cos)
-    )
+    # in place: this is the hot path of every ReLU-family kernel (N² entries per layer)
+    out = torch.arccos(cos).neg_().add_(math.pi).mul_(cos)
+    out.add_(cos.square_().neg_().add_(1.0).clamp_(min=0.0).sqrt_())
+    return out.mul_(norm).div_(2 * math.pi)
 
 
 def _homogeneous_forms(a_plus: float, a_minus: float) -> dict[tuple[int, int], ClosedForm]:
