@@ -18,6 +18,21 @@ app = typer.Typer(
 console = Console()
 
 
+def _checked_activation(activation: str, C_W: float | None, C_b: float | None):
+    """The Activation named on the command line, with --C-W/--C-b checked, or a usage error."""
+    from pdlt.activations import activation as make_activation
+
+    try:
+        act = make_activation(activation)
+        if C_W is not None and C_W <= 0:
+            raise ValueError(f"--C-W must be > 0, got {C_W}")
+        if C_b is not None and C_b < 0:
+            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
+    except (ValueError, TypeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return act
+
+
 @app.command()
 def report(
     activation: Annotated[str, typer.Option(help="Built-in activation name.")] = "tanh",
@@ -37,20 +52,12 @@ def report(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Compute the theory, measure real networks, and write an HTML report."""
-    from pdlt.activations import activation as make_activation
     from pdlt.report import ReportConfig, build_report
 
-    try:
-        make_activation(activation)
-        widths = tuple(width) if width else (32, 256)
-        if any(w < 1 for w in widths):
-            raise ValueError(f"--width must be ≥ 1, got {list(widths)}")
-        if C_W is not None and C_W <= 0:
-            raise ValueError(f"--C-W must be > 0, got {C_W}")
-        if C_b < 0:
-            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    _checked_activation(activation, C_W, C_b)
+    widths = tuple(width) if width else (32, 256)
+    if any(w < 1 for w in widths):
+        raise typer.BadParameter(f"--width must be ≥ 1, got {list(widths)}")
     config = ReportConfig(
         activation=activation,
         depth=depth,
@@ -87,19 +94,11 @@ def criticality(
     gains: Annotated[bool, typer.Option(help="Print torch's gains against criticality.")] = True,
 ) -> None:
     """Critical initialization of ACTIVATION: C_b, C_W, K*, universality class (book ch. 5)."""
-    from pdlt.activations import activation as make_activation
     from pdlt.init import compare_gains
     from pdlt.theory.criticality import critical_point
     from pdlt.theory.criticality import criticality as criticality_at
 
-    try:
-        act = make_activation(activation)
-        if C_W is not None and C_W <= 0:
-            raise ValueError(f"--C-W must be > 0, got {C_W}")
-        if C_b is not None and C_b < 0:
-            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    act = _checked_activation(activation, C_W, C_b)
     cp = critical_point(act)
     tab = Table(title=f"criticality of {act.name} (χ_∥ = χ_⊥ = 1, book §5.2–5.3)")
     tab.add_column("quantity")
@@ -149,20 +148,12 @@ def ntk(
     (book ch. 8–9), for one input with |x|²/n_0 = 1."""
     import numpy as np
 
-    from pdlt.activations import activation as make_activation
     from pdlt.network import MLP
     from pdlt.theory.criticality import critical_point
     from pdlt.theory.ntk import learning_rates, ntk_criticality
     from pdlt.theory.ntk import ntk as ntk_theory
 
-    try:
-        act = make_activation(activation)
-        if C_W is not None and C_W <= 0:
-            raise ValueError(f"--C-W must be > 0, got {C_W}")
-        if C_b is not None and C_b < 0:
-            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    act = _checked_activation(activation, C_W, C_b)
     cp = critical_point(act)
     cw = C_W if C_W is not None else (float(cp.C_W) if cp.exists else 1.0)
     cb = C_b if C_b is not None else (float(cp.C_b) if cp.exists and C_W is None else 0.0)

@@ -40,7 +40,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from pdlt.gaussian import expect, expect_pairs
+from pdlt.gaussian import _gauss_legendre, expect, expect_pairs
 
 Tensor = torch.Tensor
 Fn = Callable[[Tensor], Tensor]
@@ -56,12 +56,6 @@ PAIR_KMAX = 96
 _MAX_POINTS = 3_000_000  # tuples × nodes evaluated at once (bounds memory to ~100 MB)
 _MAX_SPLIT_POINTS = 1_000_000  # the same for the kink-split route (~15 doubles per node)
 KINKED_ERROR = 1e-6  # stated relative error of the kinked d = 3, 4 route (measured 5e-7)
-
-
-@lru_cache(maxsize=32)
-def _legendre(q: int) -> tuple[Tensor, Tensor]:
-    x, w = np.polynomial.legendre.leggauss(q)
-    return torch.as_tensor(x, dtype=_DTYPE), torch.as_tensor(w, dtype=_DTYPE)
 
 
 @lru_cache(maxsize=512)
@@ -181,7 +175,7 @@ def _expect_split(
     sub = K[inputs[:, :, None], inputs[:, None, :]]
     jitter = 1e-13 * torch.diagonal(sub, dim1=1, dim2=2).amax(dim=1).clamp(min=1e-300)
     L = torch.linalg.cholesky(sub + jitter[:, None, None] * torch.eye(d, dtype=_DTYPE))
-    x, w = _legendre(q)
+    x, w = _gauss_legendre(q)
     window = _window(tol)
     kk = torch.as_tensor(sorted(kinks), dtype=_DTYPE)
     pieces = len(kinks) + 1
