@@ -18,12 +18,12 @@ import pandas as pd
 
 from pdlt.report.render import page
 
-# In report order. Each later capability appends its own section here.
+# In the book's order: ch. 4, 4 (finite width), 5, 8–9, 6 and 10.
 SECTIONS: tuple[str, ...] = (
     "pdlt.report.sections.kernel:kernel_section",
+    "pdlt.report.sections.finite_width:finite_width_section",
     "pdlt.report.sections.criticality:criticality_section",
     "pdlt.report.sections.ntk:ntk_section",
-    "pdlt.report.sections.finite_width:finite_width_section",
     "pdlt.report.sections.learning:learning_section",
 )
 
