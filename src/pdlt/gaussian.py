@@ -135,13 +135,15 @@ def hermite_coefficients(
     """
     s = torch.sqrt(torch.clamp(_as_tensor(var), min=0.0))
     q = _nodes_per_piece(float(s.max()) if s.numel() else 1.0, kmax)
-    u, w = _segment_rule(_unit_breaks(kinks, s), q)
+    breaks = _unit_breaks(kinks, s)
+    u, w = _segment_rule(breaks, q)
     values = f(s[:, None] * u)
     second = _check_finite((values**2 * w).sum(dim=1), "⟨f²⟩")
     fw = values * w
-    if bool((u == u[:1]).all()):
-        # One rule for every input (no kinks, or kinks only at 0): c = (f·w) @ H, a matmul.
-        coeffs = fw @ _hermite_table(u[0], kmax)
+    if bool((breaks == breaks[:1]).all()):
+        # One rule for every input (no kinks, or kinks only at 0): c = (f·w) @ H, a matmul
+        # with a table that depends only on the rule, so it is cached across calls.
+        coeffs = fw @ _shared_hermite_table(q, kmax, tuple(breaks[0].tolist()))
     else:
         coeffs = torch.empty((s.shape[0], kmax + 1), dtype=_DTYPE)
         h_prev, h = torch.zeros_like(u), torch.ones_like(u)
@@ -149,6 +151,12 @@ def hermite_coefficients(
             coeffs[:, k] = (fw * h).sum(dim=1)
             h_prev, h = h, (u * h - math.sqrt(k) * h_prev) / math.sqrt(k + 1)
     return _check_finite(coeffs, "Hermite coefficients"), second
+
+
+@lru_cache(maxsize=16)
+def _shared_hermite_table(q: int, kmax: int, breaks: tuple[float, ...]) -> Tensor:
+    u, _ = _segment_rule(torch.tensor([breaks], dtype=_DTYPE).reshape(1, len(breaks)), q)
+    return _hermite_table(u[0], kmax)
 
 
 def _hermite_table(u: Tensor, kmax: int) -> Tensor:
