@@ -308,10 +308,9 @@ def expect_pairs(
     else:
         cf, ef = hermite_coefficients(f, s * s, kmax, kinks=kinks_f)
         cg, eg = (cf, ef) if symmetric else hermite_coefficients(g, s * s, kmax, kinks=kinks_g)
-        rho_max = float(rho[ia, ib].abs().max()) if ia.numel() else 0.0
-        kcut = _truncation_order(cf, ef, cg, eg, rho_max, tol)
-        cf, cg = cf[:, : kcut + 1], cg[:, : kcut + 1]
         rho_p = rho[ia, ib]
+        kcut = _truncation_order(cf, ef, cg, eg, float(rho_p.abs().max()), tol)
+        cf, cg = cf[:, : kcut + 1], cg[:, : kcut + 1]
         vals = _mehler_sum(rho_p, cf, cg, ia, ib)
         tail_f = torch.clamp(ef - (cf**2).sum(1), min=0.0)
         tail_g = torch.clamp(eg - (cg**2).sum(1), min=0.0)
