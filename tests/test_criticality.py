@@ -16,7 +16,6 @@ import pdlt
 from pdlt.activations import activation
 from pdlt.theory.criticality import (
     CRITICAL_TOL,
-    _single_input_vertex,
     chi_parallel,
     chi_perp,
     critical_line,
@@ -26,6 +25,15 @@ from pdlt.theory.criticality import (
     taylor_coefficients,
     universality_class,
 )
+
+
+def _single_input_vertex(act, C_b, C_W, K1, depth):
+    """(K, V, G1) of one input with first-layer kernel K1, through the public multi-input
+    route at N = 1 (pdlt.kernel_correction; widths are irrelevant to the coefficients)."""
+    net = pdlt.MLP(act, depth, 1, 1, C_b=C_b, C_W=C_W)
+    kc = pdlt.kernel_correction(net, [[math.sqrt((K1 - C_b) / C_W)]])
+    return kc.K[:, 0, 0], kc.V_pairs[:, 0, 0], kc.K1[:, 0, 0]
+
 
 # ---------------------------------------------------------------------------------------------
 # susceptibilities
@@ -339,15 +347,15 @@ def test_vertex_growth_by_class():
     half-stable K* (K stays at K*); K* = 0: → 2/3 ℓ slowly (theory note Table A: V/K² = 31.68 at
     ℓ = 50, 64.80 at ℓ = 100, from an independent script)."""
     relu = critical_point("relu")
-    K, V, _ = _single_input_vertex(activation("relu"), 0.0, 2.0, 1.3, 12)
+    K, V, _ = _single_input_vertex("relu", 0.0, 2.0, 1.3, 12)
     np.testing.assert_allclose(V / K**2, relu.vertex_growth * np.arange(12), rtol=1e-12)
     gelu = critical_point("gelu")
-    K, V, _ = _single_input_vertex(activation("gelu"), gelu.C_b, gelu.C_W, gelu.K_star, 10)
+    K, V, _ = _single_input_vertex("gelu", gelu.C_b, gelu.C_W, gelu.K_star, 10)
     # the note's MC-checked V(5) = 248.8, V(10) = 559.9 at GELU's K*
     assert V[4] == pytest.approx(248.8, abs=0.1)
     assert V[9] == pytest.approx(559.9, abs=0.1)
     np.testing.assert_allclose(V / K**2, gelu.vertex_growth * np.arange(10), rtol=1e-6)
-    K, V, G1 = _single_input_vertex(activation("tanh"), 0.0, 1.0, 1.0, 100)
+    K, V, G1 = _single_input_vertex("tanh", 0.0, 1.0, 1.0, 100)
     assert V[49] / K[49] ** 2 == pytest.approx(31.677820, abs=1e-5)
     assert V[99] / K[99] ** 2 == pytest.approx(64.803956, abs=1e-5)
     assert G1[9] == pytest.approx(-0.1071337503, abs=1e-9)

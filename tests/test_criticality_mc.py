@@ -17,7 +17,16 @@ import torch
 import pdlt
 from pdlt.activations import activation
 from pdlt.experiment.ensemble import forward_chunks
-from pdlt.theory.criticality import _single_input_vertex, chi_perp, criticality
+from pdlt.theory.criticality import chi_perp, criticality
+
+
+def _single_input_vertex(act, C_b, C_W, K1, depth):
+    """(K, V, G1) of one input with first-layer kernel K1, through the public multi-input
+    route at N = 1 (pdlt.kernel_correction; widths are irrelevant to the coefficients)."""
+    net = pdlt.MLP(act, depth, 1, 1, C_b=C_b, C_W=C_W)
+    kc = pdlt.kernel_correction(net, [[math.sqrt((K1 - C_b) / C_W)]])
+    return kc.K[:, 0, 0], kc.V_pairs[:, 0, 0], kc.K1[:, 0, 0]
+
 
 K_SIGMA = 4.0
 DEPTH = 31  # hidden layers 1..30 have the full width; layer 31 is the scalar output
@@ -77,7 +86,7 @@ def test_tanh_critical_kernel_power_law(width, M):
     x = _inputs(1.0)[:1]
     S = _per_network(net, x, M, seed=11)[:, :, 0]
     mean, se = _mean_se(S)
-    K, V, G1 = _single_input_vertex(activation("tanh"), cp.C_b, cp.C_W, 1.0, DEPTH - 1)
+    K, V, G1 = _single_input_vertex("tanh", cp.C_b, cp.C_W, 1.0, DEPTH - 1)
     ell = np.arange(1, DEPTH)
     theory = K + G1 / width
     bar = K_SIGMA * se + (ell / width) ** 2 * K
@@ -277,7 +286,7 @@ def test_tanh_critical_kernel_resolves_G1_slow(width, M):
     net = pdlt.MLP("tanh", depth=DEPTH, width=width, input_dim=4, C_b=cp.C_b, C_W=cp.C_W)
     S = _per_network(net, _inputs(1.0)[:1], M, seed=101)[:, :, 0]
     mean, se = _mean_se(S)
-    K, _, G1 = _single_input_vertex(activation("tanh"), cp.C_b, cp.C_W, 1.0, DEPTH - 1)
+    K, _, G1 = _single_input_vertex("tanh", cp.C_b, cp.C_W, 1.0, DEPTH - 1)
     ell = np.arange(1, DEPTH)
     theory = K + G1 / width
     assert np.all(np.abs(mean - theory) <= K_SIGMA * se + (ell / width) ** 2 * K)

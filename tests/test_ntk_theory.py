@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 import pdlt
 from pdlt.gaussian import expect
-from pdlt.theory.ntk import ntk_universality_class
 
 
 @pytest.fixture(autouse=True)
@@ -261,15 +260,22 @@ def test_fluctuations_validation():
 
 
 def test_universality_classes():
-    assert ntk_universality_class("relu") == ("scale-invariant", 0.0)
+    """learning_rates reports the activation's class (the one classifier) and uses the book's
+    formula where the class has one (§9.2–9.4), the numerical rule otherwise."""
+    lr = pdlt.learning_rates("relu", 4)
+    assert (lr.universality_class, lr.p_perp, lr.method) == ("scale-invariant", 0.0, "book")
     for name in ("tanh", "sin", "erf"):  # σ1 ≠ 0, σ2 = 0, σ3 < 0: p_⊥ = b1/a1 = 1
-        cls, p = ntk_universality_class(name)
-        assert cls == "K*=0" and p == pytest.approx(1.0, abs=1e-6)
-    for name in ("gelu", "swish", "sigmoid", "softplus"):
-        assert ntk_universality_class(name) == ("none", None)
+        lr = pdlt.learning_rates(name, 4)
+        assert lr.universality_class == "K*=0" and lr.p_perp == pytest.approx(1.0, abs=1e-6)
+    for name in ("gelu", "swish"):
+        lr = pdlt.learning_rates(name, 4, C_W=1.9, C_b=0.2)
+        assert (lr.universality_class, lr.method) == ("half-stable", "numerical")
+    for name in ("sigmoid", "softplus"):
+        lr = pdlt.learning_rates(name, 4, C_W=1.0)
+        assert (lr.universality_class, lr.method) == ("none", "numerical")
     # σ = tanh(z) + 0.2 tanh(z)²: σ1 = 1, σ2 = 0.4, σ3 = −2: a1 = −1.88, b1 = −1.84
-    cls, p = ntk_universality_class(lambda z: torch.tanh(z) + 0.2 * torch.tanh(z) ** 2)
-    assert cls == "K*=0" and p == pytest.approx(1.84 / 1.88, rel=1e-6)
+    lr = pdlt.learning_rates(lambda z: torch.tanh(z) + 0.2 * torch.tanh(z) ** 2, 4)
+    assert lr.universality_class == "K*=0" and lr.p_perp == pytest.approx(1.84 / 1.88, rel=1e-6)
 
 
 def test_learning_rates_formulas_and_depth_independence():
@@ -297,7 +303,7 @@ def test_learning_rates_numerical_rule_any_activation():
     reference input norm, for any activation and C_W (here gelu off any criticality)."""
     for L in (3, 12):
         lr = pdlt.learning_rates("gelu", L, method="numerical", C_W=1.7, C_b=0.1, lambda_b=0.5)
-        assert lr.universality_class == "numerical"
+        assert lr.method == "numerical" and lr.universality_class == "half-stable"
         net = lr.apply(pdlt.MLP("gelu", L, 32, 4, C_W=1.7, C_b=0.1))
         crit = pdlt.ntk_criticality(net, X1)
         np.testing.assert_allclose(crit.contributions[:, 0, 0], 1.5 / L, rtol=1e-8)

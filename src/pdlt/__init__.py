@@ -35,14 +35,8 @@ from pdlt.theory.learning import (
     log_evidence,
 )
 from pdlt.theory.linear import deep_linear, deep_linear_moments
-from pdlt.theory.ntk import (
-    NTK,
-    NTKFluctuations,
-    learning_rates,
-    ntk,
-    ntk_criticality,
-    ntk_fluctuations,
-)
+from pdlt.theory.ntk import NTK, NTKFluctuations, ntk, ntk_fluctuations
+from pdlt.theory.ntk_criticality import learning_rates, ntk_criticality
 from pdlt.theory.vertex import (
     FourPointVertex,
     KernelCorrection,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 import torch
@@ -65,7 +66,9 @@ class Activation:
         Points where σ or one of its first two derivatives is not smooth. Quadrature splits
         its intervals there, which restores exponential convergence.
     homogeneous:
-        ``(a_plus, a_minus)`` for the scale-invariant family σ(z) = a₊z (z≥0), a₋z (z<0), else None.
+        ``(a_plus, a_minus)`` for the scale-invariant family σ(z) = a₊z (z≥0), a₋z (z<0), else
+        None. Detected for user callables too (σ(λz) = λσ(z) for λ > 0), which then get the
+        family's closed forms: a ReLU written as a lambda is a ReLU.
     closed_forms:
         ``{(i, j): f(K_aa, K_bb, K_ab)}`` giving ⟨σ^{(i)}(z_a) σ^{(j)}(z_b)⟩ exactly.
     params:
@@ -101,6 +104,55 @@ class Activation:
     def smooth(self) -> bool:
         return not self.kinks
 
+    # ---- the facts the theory classifies σ by (book §5.2–5.3), computed once -----------------
+
+    def derivatives_at_zero(self, order: int) -> tuple[float, ...]:
+        """σ^{(p)}(0) for p = 0…order by nested autograd (float64 round-off). At a kink at 0
+        these are autograd's one-sided choice."""
+        with torch.enable_grad():
+            z = torch.zeros((), dtype=torch.float64, requires_grad=True)
+            y = self.fn(z)
+            out = [float(y.detach())]
+            for _ in range(order):
+                if not y.requires_grad:
+                    out.append(0.0)
+                    continue
+                (y,) = torch.autograd.grad(y, z, create_graph=True, allow_unused=True)
+                if y is None:
+                    y = torch.zeros((), dtype=torch.float64)
+                out.append(float(y.detach()))
+        return tuple(out)
+
+    @cached_property
+    def taylor(self) -> tuple[float, ...] | None:
+        """σ_p = σ^{(p)}(0) for p = 0…5, which decide the K* = 0 class (book §5.3.3); None when
+        σ has a kink at 0 (one-sided, not meaningful)."""
+        return None if 0.0 in self.kinks else self.derivatives_at_zero(5)
+
+    @cached_property
+    def slopes_at_zero(self) -> tuple[float, float]:
+        """One-sided slopes σ'(0⁺), σ'(0⁻) (equal for σ smooth at 0)."""
+        eps = torch.tensor([1e-150, -1e-150], dtype=torch.float64)
+        with torch.no_grad():
+            d = self.d1(eps)
+        return float(d[0]), float(d[1])
+
+    @property
+    def A2(self) -> float | None:
+        """(a₊² + a₋²)/2 for the scale-invariant family (book §5.2), else None."""
+        if self.homogeneous is None:
+            return None
+        a, b = self.homogeneous
+        return (a * a + b * b) / 2
+
+    @property
+    def A4(self) -> float | None:
+        """(a₊⁴ + a₋⁴)/2 for the scale-invariant family (book §5.2), else None."""
+        if self.homogeneous is None:
+            return None
+        a, b = self.homogeneous
+        return (a**4 + b**4) / 2
+
     def __reduce__(self):
         # Closures and mapping proxies do not pickle: rebuild from the spec instead, so MLPs
         # travel to worker processes and survive copy.deepcopy / sklearn.clone.
@@ -108,7 +160,15 @@ class Activation:
             return (_rebuild_builtin, (self.name, dict(self.params)))
         return (
             _rebuild_callable,
-            (self.fn, self.d1, self.d2, self.kinks, self.name, dict(self.closed_forms)),
+            (
+                self.fn,
+                self.d1,
+                self.d2,
+                self.kinks,
+                self.name,
+                {} if self.homogeneous is not None else dict(self.closed_forms),
+                self.homogeneous,
+            ),
         )
 
     def __deepcopy__(self, memo: dict) -> Activation:
@@ -208,7 +268,7 @@ def _freeze(d: Mapping) -> Mapping:
 
 
 def _homogeneous(name: str, a_plus: float, a_minus: float, **params: float) -> Activation:
-    forms = _linear_forms() if a_plus == a_minus == 1.0 else _homogeneous_forms(a_plus, a_minus)
+    forms = _family_forms((a_plus, a_minus))
     kinks = () if a_plus == a_minus else (0.0,)
 
     def fn(z: Tensor) -> Tensor:
@@ -384,16 +444,37 @@ def _rebuild_builtin(name: str, params: dict) -> Activation:
     return _REGISTRY[name](**params)
 
 
-def _rebuild_callable(fn, d1, d2, kinks, name, closed_forms) -> Activation:
+def _rebuild_callable(fn, d1, d2, kinks, name, closed_forms, homogeneous=None) -> Activation:
+    if homogeneous is not None:  # the family's forms are closures: rebuilt, not pickled
+        closed_forms = _family_forms(homogeneous)
     return Activation(
         name=name,
         fn=fn,
         d1=d1,
         d2=d2,
         kinks=kinks,
+        homogeneous=homogeneous,
         closed_forms=MappingProxyType(dict(closed_forms)),
         builtin=False,
     )
+
+
+def _family_forms(hom: tuple[float, float]) -> dict[tuple[int, int], ClosedForm]:
+    return _linear_forms() if hom == (1.0, 1.0) else _homogeneous_forms(*hom)
+
+
+def _detect_homogeneity(f: TorchFn) -> tuple[float, float] | None:
+    """(a₊, a₋) if f(λz) = λ f(z) for λ > 0 on a grid (then f = a₊z for z ≥ 0, a₋z for z < 0:
+    the scale-invariant class, book §5.2), else None."""
+    z = torch.linspace(-6.0, 6.0, 49, dtype=torch.float64)
+    with torch.no_grad():
+        base = f(z)
+        scale = float(base.abs().max()) + 1e-300
+        for lam in (0.37, 2.0, 5.3):
+            if float((f(lam * z) - lam * base).abs().max()) > 1e-12 * lam * scale:
+                return None
+        v = f(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    return float(v[0]) + 0.0, float(-v[1]) + 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,12 +588,19 @@ def activation(
         for k in kinks:
             if not math.isfinite(k):
                 raise ValueError(f"kinks must be finite floats, got {kinks!r}")
+        hom = _detect_homogeneity(spec)
+        if hom is not None:
+            # a scale-invariant callable is a member of the family: its kink and closed forms
+            kinks = tuple(kinks) + ((0.0,) if hom[0] != hom[1] else ())
+            forms = _family_forms(hom)
         return Activation(
             name=label,
             fn=spec,
             d1=d1 if d1 is not None else _AutogradDerivative(spec, 1),
             d2=d2 if d2 is not None else _AutogradDerivative(spec, 2),
-            kinks=tuple(sorted(float(k) for k in kinks)),
+            kinks=tuple(sorted({float(k) for k in kinks})),
+            homogeneous=hom,
+            closed_forms=_freeze(forms) if hom is not None else MappingProxyType({}),
             builtin=False,
         )
     raise TypeError(

@@ -150,8 +150,8 @@ def ntk(
 
     from pdlt.network import MLP
     from pdlt.theory.criticality import critical_point
-    from pdlt.theory.ntk import learning_rates, ntk_criticality
     from pdlt.theory.ntk import ntk as ntk_theory
+    from pdlt.theory.ntk_criticality import learning_rates, ntk_criticality
 
     act = _checked_activation(activation, C_W, C_b)
     cp = critical_point(act)
@@ -174,7 +174,10 @@ def ntk(
         lr = rates(depth)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    tab = Table(title=f"learning-rate scaling ({lr.universality_class}; book §9.2–9.4)")
+    tab = Table(
+        title=f"learning-rate scaling ({lr.universality_class} class, {lr.method} rule; "
+        "book §9.2–9.4)"
+    )
     for col in (
         "depth L",
         "Θ^(L), λ = 1",

@@ -3,11 +3,11 @@
 At infinite width the preactivations of every layer are Gaussian, independent across neurons,
 with covariance δ_ij K^{(ℓ)}_{αβ} over the inputs. The first layer is exact at any width,
 
-    K^{(1)}_{αβ} = C_b^{(1)} + C_W^{(1)} (1/n_0) Σ_j x_{j;α} x_{j;β}                    (§4.1)
+    K^{(1)}_{αβ} = C_b^{(1)} + C_W^{(1)} (1/n_0) Σ_j x_{j;α} x_{j;β}             (§4.1)
 
 and each layer follows from the last by the kernel map
 
-    K^{(ℓ+1)}_{αβ} = C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}}                (§4.3)
+    K^{(ℓ+1)}_{αβ} = C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}}       (§4.3)
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from pdlt._tables import long_frame
-from pdlt.gaussian import pair_expectation
+from pdlt.gaussian import LayerMoments
 from pdlt.network import MLP, validate_inputs
+from pdlt.theory.layers import LayerState, Recursion, gram, propagate
 
 Tensor = torch.Tensor
 
@@ -56,22 +57,26 @@ class Kernel:
 
 def first_layer_kernel(x: Tensor, C_b: float, C_W: float) -> Tensor:
     """K^{(1)}_{αβ} = C_b + C_W x_α·x_β / n_0 (book §4.1); exact at any width."""
-    return C_b + C_W * (x @ x.T) / x.shape[1]
+    return C_b + C_W * gram(x)
 
 
-def kernel_map(net: MLP, K: Tensor, layer: int) -> Tensor:
-    """One step of the kernel recursion (book §4.3), K^{(ℓ)} → K^{(ℓ+1)} with ``layer = ℓ+1``:
-    C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}}."""
+def kernel_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[str, Tensor]:
+    """The kernel map K^{(ℓ)} → K^{(ℓ+1)} (book §4.3), ``layer`` = ℓ+1:
+    K^{(ℓ+1)}_{αβ} = C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}}."""
     i = layer - 1
-    return net.C_b[i] + net.C_W[i] * pair_expectation(net.activation, K, (0, 0))
+    return {"K": net.C_b[i] + net.C_W[i] * m.ss}
+
+
+KERNEL = Recursion(
+    "kernel",
+    first=lambda net, g: {"K": net.C_b[0] + net.C_W[0] * g},
+    step=kernel_step,
+)
 
 
 def kernel_layers(net: MLP, x: Tensor) -> list[Tensor]:
-    """[K^{(1)}, …, K^{(L)}] as float64 tensors, for modules that recurse further."""
-    Ks = [first_layer_kernel(x, net.C_b[0], net.C_W[0])]
-    for layer in range(2, net.depth + 1):
-        Ks.append(kernel_map(net, Ks[-1], layer))
-    return Ks
+    """[K^{(1)}, …, K^{(L)}] as float64 tensors."""
+    return list(propagate(net, gram(x), [KERNEL]).stack("K"))
 
 
 def kernel(net: MLP, x: np.ndarray | Tensor) -> Kernel:
@@ -96,5 +101,5 @@ def kernel(net: MLP, x: np.ndarray | Tensor) -> Kernel:
     (10, 3, 3)
     """
     xt = validate_inputs(net, x)
-    K = torch.stack(kernel_layers(net, xt))
-    return Kernel(K=K.numpy(), net=net, x=xt.numpy())
+    walk = propagate(net, gram(xt), [KERNEL])
+    return Kernel(K=walk.numpy("K"), net=net, x=xt.numpy())

@@ -36,9 +36,10 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from pdlt.gaussian import pair_expectation
 from pdlt.network import MLP, validate_inputs
-from pdlt.theory.kernel import kernel_layers
+from pdlt.theory.kernel import KERNEL
+from pdlt.theory.layers import gram, propagate
+from pdlt.theory.ntk import NTK_MEAN
 
 # Relative jitters (× mean diagonal) tried in order when a Cholesky factorization fails.
 JITTER_SCHEDULE = (0.0, 1e-12, 1e-10, 1e-8, 1e-6)
@@ -50,35 +51,16 @@ _PIVOT_FLOOR = 1e-14
 # kernels on D = A ∪ B
 
 
-def _frozen_ntk_layers(net: MLP, x: torch.Tensor, Ks: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Fallback Θ^{(ℓ)} recursion (book §8.1–8.2, eq. for the frozen NTK), used only when
-    :mod:`pdlt.theory.ntk` is not importable:
-
-        Θ^{(1)} = λ_b + λ_W x·x/n_0,  Θ^{(ℓ+1)} = λ_b + λ_W ⟨σσ⟩_{K^{(ℓ)}} + C_W ⟨σ'σ'⟩_{K^{(ℓ)}} Θ^{(ℓ)}.
-    """
-    Th = [net.lambda_b[0] + net.lambda_W[0] * (x @ x.T) / x.shape[1]]
-    for i in range(1, net.depth):
-        ss = pair_expectation(net.activation, Ks[i - 1], (0, 0))
-        dd = pair_expectation(net.activation, Ks[i - 1], (1, 1))
-        Th.append(net.lambda_b[i] + net.lambda_W[i] * ss + net.C_W[i] * dd * Th[-1])
-    return Th
-
-
 def output_kernels(net: MLP, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(K^{(L)}, Θ^{(L)}) on the inputs x as float64 (N, N) arrays (book §4.3, §8.2)."""
     xt = validate_inputs(net, x)
-    try:
-        from pdlt.theory.ntk import ntk
-    except ImportError:  # pragma: no cover - pdlt.ntk (issue 6) is the primary route
-        Ks = kernel_layers(net, xt)
-        return Ks[-1].numpy(), _frozen_ntk_layers(net, xt, Ks)[-1].numpy()
-    res = ntk(net, xt)
-    return np.asarray(res.K[-1], dtype=np.float64), np.asarray(res.Theta[-1], dtype=np.float64)
+    walk = propagate(net, gram(xt), [NTK_MEAN])
+    return walk.states[-1].K.numpy(), walk.states[-1].Theta.numpy()
 
 
 def output_kernel(net: MLP, x: np.ndarray | torch.Tensor) -> np.ndarray:
     """K^{(L)} alone (book §4.3)."""
-    return kernel_layers(net, validate_inputs(net, x))[-1].numpy()
+    return propagate(net, gram(validate_inputs(net, x)), [KERNEL]).states[-1].K.numpy()
 
 
 # --------------------------------------------------------------------------------------------

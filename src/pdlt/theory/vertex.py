@@ -1,5 +1,5 @@
 """Finite width at initialization: the four-point vertex V^{(ℓ)} and the 1/n kernel correction
-K^{{1}(ℓ)} (book §4.2–4.5; theory note 01 §4).
+K^{{1}(ℓ)} (book §4.2–4.5).
 
 At width n the preactivations of layer ℓ are nearly Gaussian. Through order 1/n (with n_{ℓ−1} the
 width of the layer that feeds layer ℓ)
@@ -10,23 +10,18 @@ width of the layer that feeds layer ℓ)
                        + δ_{i1i4}δ_{i2i3} V_{(α1α4)(α2α3)}]
 
 Both follow from the kernel map F (K^{(ℓ+1)} = F(K^{(ℓ)})) by the book's recursions (§4.3),
-written here in the derivative form of theory note 01 §4.3: index unordered input pairs p = (a ≤ b),
-store V as a symmetric P×P matrix V_{pq} = V_{(ab)(cd)}, J = ∂F/∂K (Jacobian in the symmetric
-variables K_p), H = ∂²F/∂K∂K:
+written here in derivative form: index unordered input pairs p = (a ≤ b), store V as a
+symmetric P×P matrix V_{pq} = V_{(ab)(cd)}, J = ∂F/∂K (the Jacobian in the symmetric variables
+K_p), H = ∂²F/∂K∂K:
 
     V^{(ℓ+1)}      = C_W² Cov_{K^{(ℓ)}}[σ_aσ_b, σ_cσ_d] + (n_ℓ/n_{ℓ−1}) J V^{(ℓ)} Jᵀ
     K^{{1}(ℓ+1)}   = (n_ℓ/n_{ℓ−1}) [J K^{{1}(ℓ)} + ½ H : V^{(ℓ)}]
 
-with V^{(1)} = K^{{1}(1)} = 0 (the first layer is exactly Gaussian). The Jacobian needs only
-first derivatives of σ (Price's theorem and a scaling identity, so kinked activations are
-exact): for a ≠ b
-
-    ∂F_ab/∂K_ab = C_W ⟨σ'_a σ'_b⟩,     ∂F_ab/∂K_aa = C_W [⟨z_a σ'_a σ_b⟩ − K_ab ⟨σ'_a σ'_b⟩] / (2 K_aa)
-
-and ∂F_aa/∂K_aa = C_W ⟨z σ' σ⟩/K = χ_∥. H is a one-sided second-order finite difference of these
-(steps 1e-4 of the kernel scale: truncation and round-off both ≲1e-8 relative), taken toward
-smaller |K_ab| and larger K_aa so that every perturbed 2×2 kernel stays positive semi-definite.
-The four-input expectations ⟨σσσσ⟩ come from :func:`pdlt.gaussian4.expect_product`.
+with V^{(1)} = K^{{1}(1)} = 0 (the first layer is exactly Gaussian). This is the book's
+(C_W²/4) V ⟨∂∂(σσ)⟩⟨∂∂(σσ)⟩ form, since J_{(ab),(cd)} = (C_W/2)(2 − δ_cd)⟨∂_c∂_d(σ_aσ_b)⟩ by
+Stein's lemma; J needs only first derivatives of σ (:class:`~pdlt.gaussian.LayerMoments`), so
+kinked activations are exact. The steps are :data:`VERTEX` and :data:`CORRECTION` of the layer
+walk (:mod:`pdlt.theory.layers`).
 """
 
 from __future__ import annotations
@@ -38,184 +33,62 @@ import pandas as pd
 import torch
 
 from pdlt._tables import long_frame
-from pdlt.activations import Activation
-from pdlt.gaussian import expect_pairs, pair_expectation
-from pdlt.gaussian4 import PAIR_KMAX, expect_product, multisets
+from pdlt.gaussian import LayerMoments, input_pairs
+from pdlt.gaussian.moments import KernelMapDerivatives
 from pdlt.network import MLP, validate_inputs
-from pdlt.theory.kernel import kernel_layers
+from pdlt.theory.kernel import KERNEL
+from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
 
 Tensor = torch.Tensor
 _DTYPE = torch.float64
-_FD_STEP = 1e-4
 
 
-# --------------------------------------------------------------------------------------------
-# input pairs
-
-
-def input_pairs(N: int) -> tuple[Tensor, Tensor]:
-    """Unordered input pairs p = (a ≤ b): ``pairs`` (P, 2) and ``index`` (N, N) with
-    ``index[a, b] = index[b, a] = p``; P = N(N+1)/2."""
-    a, b = torch.triu_indices(N, N)
-    index = torch.empty((N, N), dtype=torch.long)
-    index[a, b] = torch.arange(a.shape[0])
-    index[b, a] = torch.arange(a.shape[0])
-    return torch.stack([a, b], dim=1), index
-
-
-def pairs_to_tensor(Vp: np.ndarray | Tensor, N: int) -> np.ndarray:
-    """(…, P, P) over unordered pairs → (…, N, N, N, N) with V[a, b, c, d] = V_{(ab)(cd)}."""
+def pairs_to_tensor(Vp: np.ndarray | Tensor, N: int) -> np.ndarray | Tensor:
+    """(…, P, P) over unordered pairs → (…, N, N, N, N) with V[a, b, c, d] = V_{(ab)(cd)}
+    (a numpy array for numpy input, a tensor for a tensor)."""
     _, index = input_pairs(N)
-    Vp = np.asarray(Vp)
+    if isinstance(Vp, Tensor):
+        return Vp[..., index[:, :, None, None], index[None, None, :, :]]
     idx = index.numpy()
-    return Vp[..., idx[:, :, None, None], idx[None, None, :, :]]
+    return np.asarray(Vp)[..., idx[:, :, None, None], idx[None, None, :, :]]
 
 
 # --------------------------------------------------------------------------------------------
-# the pieces of the recursions
+# the steps
 
 
-def _mean_activation(act: Activation, var: Tensor) -> Tensor:
-    """⟨σ(z)⟩ for z ~ N(0, var), per input."""
-    from pdlt.gaussian import expect
-
-    return expect(act.fn, var, kinks=act.kinks)
-
-
-def _jacobian_parts(act: Activation, C_W: float, K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """First derivatives of the kernel map at K, per input pair (theory note 01 §4.3).
-
-    Returns ``(A, Jd, chi)``: A[a, b] = ∂F_ab/∂K_ab = C_W⟨σ'_aσ'_b⟩; Jd[a, b] = ∂F_ab/∂K_aa for
-    a ≠ b; chi[a] = ∂F_aa/∂K_aa = χ_∥(K_aa).
-    """
-    if (1, 1) in act.closed_forms:
-        A = C_W * pair_expectation(act, K, (1, 1))
-    else:
-        A = C_W * expect_pairs(act.d1, None, K, kinks_f=act.kinks, kmax=PAIR_KMAX)
-    if act.homogeneous is not None:  # z σ'(z) = σ(z) for σ = a₊z (z≥0), a₋z (z<0)
-        D = C_W * pair_expectation(act, K, (0, 0))
-    else:
-        D = C_W * expect_pairs(
-            lambda z: z * act.d1(z), act.fn, K, kinks_f=act.kinks, kinks_g=act.kinks, kmax=PAIR_KMAX
-        )  # D[a, b] = C_W ⟨z_a σ'_a σ_b⟩
-    d = torch.diagonal(K)
-    ok = d > 1e-300
-    safe = torch.where(ok, d, 1.0)
-    zero = torch.zeros(1, dtype=_DTYPE)
-    # limits at a zero-variance input z_a ≡ 0 (e.g. x_a = 0 with C_b = 0)
-    s0, s1, s2 = act.fn(zero), act.d1(zero), act.d2(zero)
-    # z_a ≡ 0: ∂F_ab/∂K_aa = ½ C_W σ''(0) ⟨σ_b⟩ (Price's theorem at zero variance)
-    mean_sigma = _mean_activation(act, d)
-    Jd = torch.where(
-        ok[:, None], (D - K * A) / (2 * safe[:, None]), 0.5 * C_W * s2 * mean_sigma[None, :]
-    )
-    chi = torch.where(ok, torch.diagonal(D) / safe, C_W * (s1 * s1 + s0 * s2))
-    return A, Jd, chi
-
-
-def kernel_jacobian(act: Activation, C_W: float, K: Tensor) -> Tensor:
-    """J_{pq} = ∂F_p/∂K_q over unordered input pairs (P, P), the Jacobian of the kernel map
-    K^{(ℓ)} → K^{(ℓ+1)} in the symmetric variables (theory note 01 §4.3; book §4.3)."""
-    return _assemble_jacobian(*_jacobian_parts(act, C_W, K))
-
-
-def _assemble_jacobian(A: Tensor, Jd: Tensor, chi: Tensor) -> Tensor:
-    N = A.shape[0]
+def kernel_jacobian(d: KernelMapDerivatives, C_W: float) -> Tensor:
+    """J_{pq} = ∂F_p/∂K_q over unordered input pairs (P, P): the Jacobian of the kernel map
+    K^{(ℓ)} → K^{(ℓ+1)} in the symmetric variables (book §4.3). F_ab depends on K_aa, K_bb, K_ab
+    only, so each row has at most three entries."""
+    N = d.cross.shape[0]
     pairs, index = input_pairs(N)
     a, b = pairs[:, 0], pairs[:, 1]
     P = pairs.shape[0]
     J = torch.zeros((P, P), dtype=_DTYPE)
     off = a != b
     p = torch.arange(P)
-    J[p[off], p[off]] = A[a[off], b[off]]
-    J[p[off], index[a[off], a[off]]] = Jd[a[off], b[off]]
-    J[p[off], index[b[off], b[off]]] = Jd[b[off], a[off]]
-    J[p[~off], p[~off]] = chi[a[~off]]
-    return J
+    J[p[off], p[off]] = d.cross[a[off], b[off]]
+    J[p[off], index[a[off], a[off]]] = d.diag[a[off], b[off]]
+    J[p[off], index[b[off], b[off]]] = d.diag[b[off], a[off]]
+    J[p[~off], p[~off]] = d.self_[a[~off]]
+    return C_W * J
 
 
-def _one_sided(f0: Tensor, f1: Tensor, f2: Tensor, step: Tensor) -> Tensor:
-    """Second-order one-sided difference f'(x) ≈ (−3f(x) + 4f(x+h) − f(x+2h)) / 2h."""
-    return (-3 * f0 + 4 * f1 - f2) / (2 * step)
-
-
-@dataclass(frozen=True)
-class _Jet:
-    """First derivatives of the kernel map at K (``A``, ``Jd``, ``chi`` of
-    :func:`_jacobian_parts`) and the second derivatives ½H:V needs, per input pair."""
-
-    A: Tensor
-    Jd: Tensor
-    chi: Tensor
-    dA_ab: Tensor  # ∂A_ab/∂K_ab
-    dA_aa: Tensor  # ∂A_ab/∂K_aa
-    dJd_ab: Tensor  # ∂Jd_ab/∂K_ab
-    dJd_aa: Tensor  # ∂Jd_ab/∂K_aa
-    dJd_bb: Tensor  # ∂Jd_ab/∂K_bb
-    dchi: Tensor  # dχ_∥/dK_aa
-
-
-def _jet(act: Activation, C_W: float, K: Tensor) -> _Jet:
-    """The kernel map's first derivatives and, by one-sided finite differences of them, its
-    second derivatives — all from ONE call of the pair routines on a 5N-input kernel whose
-    blocks are the inputs and four perturbed copies of them:
-
-    * copies d1, d2: K_aa → K_aa + h_a, + 2h_a (entry (copy a, b) is the pair (a, b) with only
-      K_aa moved);
-    * copies o1, o2: cross-covariance with the originals K_ab + s_ab, + 2s_ab, s_ab toward smaller
-      |K_ab| (so every 2×2 block used stays positive semi-definite).
-
-    Pair expectations depend only on their 2×2 block, so the unused blocks need no meaning.
-    """
-    N = K.shape[0]
-    d = torch.diagonal(K)
-    kscale = torch.clamp(d.max(), min=1e-300)
-    h_d = _FD_STEP * torch.where(d > 0, d, kscale)
-    pair_scale = torch.sqrt(torch.clamp(torch.outer(d, d), min=0.0))
-    pair_scale = torch.where(pair_scale > 0, pair_scale, kscale)
-    eye = torch.eye(N, dtype=torch.bool)
-    s = torch.where(eye, 0.0, _FD_STEP * pair_scale * torch.where(K >= 0, -1.0, 1.0))
-    blocks = [K, K + s, K + 2 * s]  # cross-covariances of originals with (orig, o1, o2)
-    big = torch.empty((5 * N, 5 * N), dtype=_DTYPE)
-    big[:] = K.repeat(5, 5)
-    for i, shift in enumerate((h_d, 2 * h_d), start=1):  # d-copies
-        big[i * N : (i + 1) * N, i * N : (i + 1) * N] = K + torch.diag(shift)
-    for j, cross in enumerate(blocks[1:], start=3):  # o-copies
-        big[:N, j * N : (j + 1) * N] = cross
-        big[j * N : (j + 1) * N, :N] = cross.T
-    A, Jd, chi = _jacobian_parts(act, C_W, big)
-
-    def blk(m: Tensor, i: int, j: int) -> Tensor:
-        return m[i * N : (i + 1) * N, j * N : (j + 1) * N]
-
-    step_off = torch.where(eye, 1.0, s)
-    return _Jet(
-        A=blk(A, 0, 0),
-        Jd=blk(Jd, 0, 0),
-        chi=chi[:N],
-        dA_ab=_one_sided(blk(A, 0, 0), blk(A, 0, 3), blk(A, 0, 4), step_off),
-        dA_aa=_one_sided(blk(A, 0, 0), blk(A, 1, 0), blk(A, 2, 0), h_d[:, None]),
-        dJd_ab=_one_sided(blk(Jd, 0, 0), blk(Jd, 0, 3), blk(Jd, 0, 4), step_off),
-        dJd_aa=_one_sided(blk(Jd, 0, 0), blk(Jd, 1, 0), blk(Jd, 2, 0), h_d[:, None]),
-        dJd_bb=_one_sided(blk(Jd, 0, 0), blk(Jd, 0, 1), blk(Jd, 0, 2), h_d[None, :]),
-        dchi=_one_sided(chi[:N], chi[N : 2 * N], chi[2 * N : 3 * N], h_d),
-    )
-
-
-def half_hessian_contraction(jet: _Jet, Vp: Tensor) -> Tensor:
-    """½ H:V per pair, ½ Σ_{q,s} V_{qs} ∂²F_p/∂K_q∂K_s (theory note 01 §4.3), as an (N, N) matrix.
+def half_hessian_contraction(d: KernelMapDerivatives, C_W: float, Vp: Tensor) -> Tensor:
+    """½ H:V per pair, ½ Σ_{q,s} V_{qs} ∂²F_p/∂K_q∂K_s (book §4.3), as an (N, N) matrix.
 
     F_ab depends on (K_aa, K_bb, K_ab) only, so H_p is a 3×3 matrix over the variables
-    (aa, bb, ab) for a ≠ b, and the single number dχ_∥/dK for a = b.
+    (aa, bb, ab) for a ≠ b, and the single number d²F_aa/dK_aa² for a = b.
     """
-    N = jet.A.shape[0]
+    N = d.cross.shape[0]
     _, index = input_pairs(N)
     ar = torch.arange(N)
     # H entries of pair (a, b); symmetrized where two finite-difference routes exist
-    H_ab_ab = jet.dA_ab
-    H_aa_ab = 0.5 * (jet.dJd_ab + jet.dA_aa)
-    H_aa_aa = jet.dJd_aa
-    H_aa_bb = 0.5 * (jet.dJd_bb + jet.dJd_bb.T)
+    H_ab_ab = d.d_cross_ab
+    H_aa_ab = 0.5 * (d.d_diag_ab + d.d_cross_aa)
+    H_aa_aa = d.d_diag_aa
+    H_aa_bb = 0.5 * (d.d_diag_bb + d.d_diag_bb.T)
     V_aa_bb = Vp[index[ar, ar]][:, index[ar, ar]]  # V_{(aa)(bb)}
     V_ab_ab = Vp[index, index]  # V_{(ab)(ab)}
     V_aa_ab = Vp[index[ar, ar][:, None], index]  # V_{(aa)(ab)}
@@ -229,31 +102,45 @@ def half_hessian_contraction(jet: _Jet, Vp: Tensor) -> Tensor:
         + 2 * H_aa_bb * V_aa_bb
     )
     out = 0.5 * term
-    out[ar, ar] = 0.5 * jet.dchi * V_self
-    return out
+    out[ar, ar] = 0.5 * d.d_self * V_self
+    return C_W * out
 
 
-def four_point_covariance(act: Activation, C_W: float, K: Tensor, *, tol: float = 1e-7) -> Tensor:
-    """C_W² Cov_K[σ_aσ_b, σ_cσ_d] = C_W²(⟨σ_aσ_bσ_cσ_d⟩ − ⟨σ_aσ_b⟩⟨σ_cσ_d⟩) over unordered
-    pairs (P, P): the fresh-noise term of the V recursion (book §4.3).
+def vertex_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[str, Tensor]:
+    """V^{(ℓ+1)} = C_W² Cov_K[σ_aσ_b, σ_cσ_d] + (n_ℓ/n_{ℓ−1}) J V^{(ℓ)} Jᵀ (book §4.3)."""
+    C_W = net.C_W[layer - 1]
+    pairs, _ = input_pairs(m.N)
+    ss = m.ss[pairs[:, 0], pairs[:, 1]]
+    fresh = C_W**2 * (m.ssss_pairs - torch.outer(ss, ss))
+    J = kernel_jacobian(m.derivatives, C_W)
+    return {"V": fresh + width_ratio(net, layer) * J @ prev.V @ J.T}
 
-    ⟨σσσσ⟩ is computed once per multiset {a, b, c, d} (C(N+3, 4) of them) and scattered.
-    The linear activation uses Wick's theorem (exact).
-    """
-    N = K.shape[0]
-    pairs, _ = input_pairs(N)
-    a, b = pairs[:, 0], pairs[:, 1]
-    c, d = a[None, :], b[None, :]
-    a, b = a[:, None], b[:, None]
-    if act.homogeneous == (1.0, 1.0):  # Wick: Cov[z_a z_b, z_c z_d] = K_ac K_bd + K_ad K_bc
-        return C_W**2 * (K[a, c] * K[b, d] + K[a, d] * K[b, c])
-    sets = multisets(N, 4)
-    E4 = expect_product(act.fn, K, sets, kinks=act.kinks, tol=tol)
-    key = sets @ torch.tensor([N**3, N**2, N, 1])  # sorted multisets, sorted codes
-    quad = torch.sort(torch.stack(torch.broadcast_tensors(a, b, c, d), dim=-1), dim=-1).values
-    pos = torch.searchsorted(key, quad @ torch.tensor([N**3, N**2, N, 1]))
-    S = pair_expectation(act, K, (0, 0))
-    return C_W**2 * (E4[pos] - S[a, b] * S[c, d])
+
+def correction_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[str, Tensor]:
+    """K^{{1}(ℓ+1)} = (n_ℓ/n_{ℓ−1}) [J K^{{1}(ℓ)} + ½ H:V^{(ℓ)}] (book §4.3)."""
+    C_W = net.C_W[layer - 1]
+    pairs, index = input_pairs(m.N)
+    J = kernel_jacobian(m.derivatives, C_W)
+    step = (J @ prev.K1[pairs[:, 0], pairs[:, 1]])[index]
+    return {
+        "K1": width_ratio(net, layer)
+        * (step + half_hessian_contraction(m.derivatives, C_W, prev.V))
+    }
+
+
+def _zeros_pairs(net: MLP, g: Tensor) -> dict[str, Tensor]:
+    P = g.shape[0] * (g.shape[0] + 1) // 2
+    return {"V": torch.zeros((P, P), dtype=_DTYPE)}
+
+
+VERTEX = Recursion("vertex", first=_zeros_pairs, step=vertex_step, requires=(KERNEL,))
+CORRECTION = Recursion(
+    "correction",
+    first=lambda net, g: {"K1": torch.zeros_like(g)},
+    step=correction_step,
+    requires=(VERTEX,),
+    second_order=True,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +198,7 @@ class FourPointVertex:
     @property
     def excess_kurtosis(self) -> np.ndarray:
         """Single-neuron excess kurtosis E[z⁴]/E[z²]² − 3 = 3V_{(aa)(aa)}/(n_{ℓ−1}K_aa²) at the
-        network's widths, (L, N), leading order in 1/n (theory note 01 §4.1)."""
+        network's widths, (L, N), leading order in 1/n (book §4.1)."""
         return 3 * self.normalized / self.widths[:, None]
 
     @property
@@ -349,7 +236,7 @@ class KernelCorrection:
     Attributes
     ----------
     K1:
-        float64 (L, N, N): E[z_{i;α}z_{i;β}] = K + K1/n_{ℓ−1} + O(1/n²) (the theory note's G^{{1}}).
+        float64 (L, N, N): E[z_{i;α}z_{i;β}] = K + K1/n_{ℓ−1} + O(1/n²) (the book's NLO metric G^{{1}}).
     K:
         The infinite-width kernel (L, N, N).
     V_pairs, pairs:
@@ -403,48 +290,6 @@ class Metric:
         return f"Metric(depth={L}, inputs={N}, G^(L)_diag={np.round(np.diag(self.G[-1]), 6)})"
 
 
-# --------------------------------------------------------------------------------------------
-# the recursions
-
-
-@torch.no_grad()
-def finite_width_layers(
-    net: MLP, x: Tensor, *, correction: bool, tol: float = 1e-7
-) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
-    """K^{(ℓ)}, V^{(ℓ)} (as P×P) and, if ``correction``, K^{{1}(ℓ)} for ℓ = 1…L (book §4.3)."""
-    Ks = kernel_layers(net, x)
-    N = x.shape[0]
-    P = N * (N + 1) // 2
-    _, index = input_pairs(N)
-    Vs = [torch.zeros((P, P), dtype=_DTYPE)]
-    K1s = [torch.zeros((N, N), dtype=_DTYPE)] if correction else None
-    widths = net.widths
-    act = net.activation
-    for layer in range(2, net.depth + 1):  # step ℓ → ℓ+1 with ℓ = layer − 1
-        K, V = Ks[layer - 2], Vs[-1]
-        C_W = net.C_W[layer - 1]
-        ratio = widths[layer - 1] / widths[layer - 2]  # n_ℓ / n_{ℓ−1}
-        jet = _jet(act, C_W, K) if correction else None
-        J = _assemble_jacobian(jet.A, jet.Jd, jet.chi) if jet else kernel_jacobian(act, C_W, K)
-        Vs.append(four_point_covariance(act, C_W, K, tol=tol) + ratio * J @ V @ J.T)
-        if correction:
-            pairs, _ = input_pairs(N)
-            g1 = K1s[-1][pairs[:, 0], pairs[:, 1]]
-            step = J @ g1
-            half_hv = half_hessian_contraction(jet, V)
-            new = torch.empty((N, N), dtype=_DTYPE)
-            new_p = ratio * (step + half_hv[pairs[:, 0], pairs[:, 1]])
-            new[pairs[:, 0], pairs[:, 1]] = new_p
-            new[pairs[:, 1], pairs[:, 0]] = new_p
-            K1s.append(new)
-    for name, arrs in (("V", Vs), ("K1", K1s or [])):
-        if not all(torch.isfinite(t).all() for t in arrs):
-            raise FloatingPointError(
-                f"{name} is not finite: the network overflows (smaller C_W or fewer layers)"
-            )
-    return Ks, Vs, K1s
-
-
 def four_point_vertex(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) -> FourPointVertex:
     """The four-point vertex V^{(ℓ)}_{(α1α2)(α3α4)} of every layer (book §4.2–4.3, §4.5).
 
@@ -468,17 +313,17 @@ def four_point_vertex(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     --------
     >>> net = pdlt.MLP("tanh", depth=10, width=100, input_dim=1)
     >>> fw = pdlt.four_point_vertex(net, [[1.0]])
-    >>> fw.normalized[-1]        # V/K² at ℓ = 10: 5.5235 (theory note 01 §10 table A)
+    >>> fw.normalized[-1]        # V/K² at ℓ = 10: 5.5235
     """
     xt = validate_inputs(net, x)
-    Ks, Vs, _ = finite_width_layers(net, xt, correction=False, tol=tol)
+    walk = propagate(net, gram(xt), [VERTEX], tol=tol)
     N = xt.shape[0]
-    Vp = torch.stack(Vs).numpy()
+    Vp = walk.numpy("V")
     return FourPointVertex(
         V=pairs_to_tensor(Vp, N),
         V_pairs=Vp,
         pairs=input_pairs(N)[0].numpy(),
-        K=torch.stack(Ks).numpy(),
+        K=walk.numpy("K"),
         net=net,
         x=xt.numpy(),
     )
@@ -488,21 +333,21 @@ def kernel_correction(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     """The 1/n correction K^{{1}(ℓ)} to the two-point function of every layer (book §4.3, §4.5).
 
     E[z_{i;α} z_{i;β}] = K_{αβ} + K^{{1}}_{αβ}/n_{ℓ−1} + O(1/n²), from
-    K^{{1}(ℓ+1)} = (n_ℓ/n_{ℓ−1})[J K^{{1}(ℓ)} + ½ H:V^{(ℓ)}], K^{{1}(1)} = 0 (theory note 01 §4.3).
+    K^{{1}(ℓ+1)} = (n_ℓ/n_{ℓ−1})[J K^{{1}(ℓ)} + ½ H:V^{(ℓ)}], K^{{1}(1)} = 0 (book §4.3).
     Zero for scale-invariant activations on a single input (§7.1); the off-diagonal part is not
     zero for ReLU at finite angle.
 
     Examples
     --------
     >>> net = pdlt.MLP("tanh", depth=10, width=100, input_dim=1)
-    >>> pdlt.kernel_correction(net, [[1.0]]).K1[-1]     # −0.10713375 (note 01 §10 table A)
+    >>> pdlt.kernel_correction(net, [[1.0]]).K1[-1]     # −0.10713375
     """
     xt = validate_inputs(net, x)
-    Ks, Vs, K1s = finite_width_layers(net, xt, correction=True, tol=tol)
+    walk = propagate(net, gram(xt), [CORRECTION], tol=tol)
     return KernelCorrection(
-        K1=torch.stack(K1s).numpy(),
-        K=torch.stack(Ks).numpy(),
-        V_pairs=torch.stack(Vs).numpy(),
+        K1=walk.numpy("K1"),
+        K=walk.numpy("K"),
+        V_pairs=walk.numpy("V"),
         pairs=input_pairs(xt.shape[0])[0].numpy(),
         net=net,
         x=xt.numpy(),

@@ -10,7 +10,8 @@ from pdlt.experiment.measure import measure
 from pdlt.report import ReportConfig, Section
 from pdlt.report.common import report_inputs, report_net
 from pdlt.report.render import figure, paragraph, status, table
-from pdlt.theory.ntk import learning_rates, ntk, ntk_criticality, ntk_fluctuations
+from pdlt.theory.ntk import ntk, ntk_fluctuations
+from pdlt.theory.ntk_criticality import learning_rates, ntk_criticality
 
 WIDE_NETWORKS = 400  # networks at widths ≥ 128: the NTK of a wide net costs ~n² per layer
 OUTPUTS = 4  # output neurons, so that the cross-neuron statistics of layer L exist

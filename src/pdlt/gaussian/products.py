@@ -14,7 +14,7 @@ goes down its own rung of a ladder:
   (:func:`pdlt.gaussian.expect`, ≲1e-12).
 * d = 2: the product splits as F(z_a) G(z_b); :func:`pdlt.gaussian.expect_pairs` (Mehler series
   with a certified bound, 2-D quadrature where it cannot certify, ≲1e-12) for smooth functions,
-  the kink-split rule below for kinked ones.
+  the kink-split rule (:mod:`pdlt.gaussian.rules`) for kinked ones.
 * d = 3, 4: tensor-product Gauss–Hermite after the eigen-decomposition K_sub = Q Λ Qᵀ of the
   tuple's d×d sub-kernel, z = Q Λ^{1/2} u with u ~ N(0, I_d). Eigen-decomposition (rather than
   Cholesky) makes singular sub-kernels (coincident or parallel inputs) harmless. Cost
@@ -26,7 +26,7 @@ small-variance directions, the trapezoidal rule — exponentially convergent for
 in a strip — for the others, :func:`direction_rules`), to the relative accuracy ``tol`` (default
 1e-7; measured ≤ 4e-8 for tanh, ≤ 1.2e-8 for sin against its closed form, for kernel entries up
 to 2). *Kinked* functions (relu family, elu, selu, user kinks) go through iterated composite
-Gauss–Legendre in Cholesky coordinates split at every kink (:func:`_expect_split`), exponentially
+Gauss–Legendre in Cholesky coordinates split at every kink (:func:`pdlt.gaussian.rules.expect_split`), exponentially
 convergent as well: measured 5e-7 relative for ⟨relu relu relu relu⟩ over four distinct inputs
 (stated bound ``KINKED_ERROR`` = 1e-6) at (2·12)^4 nodes per tuple.
 """
@@ -40,12 +40,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from pdlt.gaussian import _gauss_legendre, expect, expect_pairs
+from pdlt.gaussian.pairs import expect_pairs
+from pdlt.gaussian.rules import DTYPE as _DTYPE
+from pdlt.gaussian.rules import expect, expect_split
 
 Tensor = torch.Tensor
 Fn = Callable[[Tensor], Tensor]
 
-_DTYPE = torch.float64
 DEFAULT_NODES = {3: 40, 4: 20}  # caps of the nodes per direction
 SPLIT_NODES = {2: 24, 3: 16, 4: 12}  # Gauss–Legendre nodes per piece, kinked route
 DEFAULT_TOL = 1e-7
@@ -151,7 +152,7 @@ def _product(fns: Sequence[Fn], slots: Sequence[int]) -> Fn:
     return f
 
 
-def _expect_split(
+def _expect_kinked(
     fns: Sequence[Fn],
     K: Tensor,
     inputs: Tensor,
@@ -160,73 +161,14 @@ def _expect_split(
     q: int,
     tol: float,
 ) -> Tensor:
-    """⟨Π_j f_j(z_{inputs[t, pattern[j]]})⟩ for kinked functions: iterated composite
-    Gauss–Legendre in Cholesky coordinates, split at every kink.
-
-    With z = L u (L lower triangular), z_k = s_k + L_kk u_k where s_k depends on u_1…u_{k−1} only,
-    so for each outer node the kinks of the functions of z_k sit at u_k = (κ − s_k)/L_kk: the
-    integral over u_k is cut there and every piece is smooth, so the rule converges
-    exponentially (like the 1-D and 2-D routes of :mod:`pdlt.gaussian`) instead of
-    algebraically. Cost (pieces·q)^d per tuple.
-    """
-    T, d = inputs.shape
+    """⟨Π_j f_j(z_{inputs[t, pattern[j]]})⟩ for kinked functions: the kink-split rule over each
+    tuple's d×d sub-kernel on the window of Gaussian mass 1 − tol (exponentially convergent,
+    cost (pieces·q)^d per tuple)."""
+    d = inputs.shape[1]
     groups = [[j for j, p in enumerate(pattern) if p == r] for r in range(d)]
     factors = [_product(fns, g) for g in groups]
     sub = K[inputs[:, :, None], inputs[:, None, :]]
-    jitter = 1e-13 * torch.diagonal(sub, dim1=1, dim2=2).amax(dim=1).clamp(min=1e-300)
-    L = torch.linalg.cholesky(sub + jitter[:, None, None] * torch.eye(d, dtype=_DTYPE))
-    x, w = _gauss_legendre(q)
-    window = _window(tol)
-    kk = torch.as_tensor(sorted(kinks), dtype=_DTYPE)
-    pieces = len(kinks) + 1
-    out = torch.empty(T, dtype=_DTYPE)
-    step = max(1, _MAX_SPLIT_POINTS // (pieces * q) ** d)
-    s0 = 0
-    while s0 < T:
-        Lc = L[s0 : s0 + step]
-        t = Lc.shape[0]
-        peak = 0
-        u = torch.zeros((t, 1, 0), dtype=_DTYPE)  # outer coordinates of each node
-        wt = torch.ones((t, 1), dtype=_DTYPE)
-        val = torch.ones((t, 1), dtype=_DTYPE)
-        for k in range(d):
-            shift = (u * Lc[:, k, :k][:, None, :]).sum(dim=2)  # (t, m)
-            lkk = Lc[:, k, k][:, None, None]
-            breaks = ((kk - shift[:, :, None]) / lkk).clamp(-window, window)  # (t, m, kinks)
-            edges = torch.cat(
-                [
-                    torch.full_like(shift[:, :, None], -window),
-                    breaks,
-                    torch.full_like(shift[:, :, None], window),
-                ],
-                dim=2,
-            )
-            lo, hi = edges[..., :-1, None], edges[..., 1:, None]  # (t, m, pieces, 1)
-            half = (hi - lo) / 2
-            uk = (lo + half * (x + 1)).reshape(t, shift.shape[1], -1)  # (t, m, pieces·q)
-            wk = (
-                (half * w).reshape(t, shift.shape[1], -1)
-                * torch.exp(-0.5 * uk * uk)
-                / math.sqrt(2 * math.pi)
-            )
-            zk = shift[:, :, None] + Lc[:, k, k][:, None, None] * uk
-            m = shift.shape[1] * uk.shape[2]
-            u = torch.cat(
-                [u[:, :, None, :].expand(-1, -1, uk.shape[2], -1), uk[..., None]], dim=3
-            ).reshape(t, m, k + 1)
-            wt = (wt[:, :, None] * wk).reshape(t, m)
-            val = (val[:, :, None] * factors[k](zk)).reshape(t, m)
-            peak = max(peak, t * m)
-            # drop nodes where the product vanishes for every tuple of the chunk (relu: the
-            # piece below the kink, the same piece for all tuples since L_kk > 0)
-            live = (val != 0).any(dim=0)
-            if not live.all():
-                u, wt, val = u[:, live], wt[:, live], val[:, live]
-        out[s0 : s0 + t] = (val * wt).sum(dim=1)
-        s0 += t
-        # pruning makes the real size smaller than (pieces·q)^d: grow the chunk to fit the cap
-        step = max(1, int(t * _MAX_SPLIT_POINTS / max(peak, 1)))
-    return out
+    return expect_split(factors, sub, kinks, q, max_points=_MAX_SPLIT_POINTS, window=_window(tol))
 
 
 def _expect_cubature(
@@ -340,14 +282,14 @@ def expect_product(
         elif d == 2 and kinks:
             # kinked pairs: the kink-split rule at (2·24)² nodes per pair is ~10× cheaper than
             # expect_pairs' fallback for the nearly parallel pairs deep networks produce
-            out[rows] = _expect_split(fns, K, inputs, pattern, kinks, q_split[2], tol)
+            out[rows] = _expect_kinked(fns, K, inputs, pattern, kinks, q_split[2], tol)
         elif d == 2:
             F, G = _product(fns, groups[0]), _product(fns, groups[1])
             full = expect_pairs(F, G, K, kinks_f=tuple(kinks), kinks_g=tuple(kinks), kmax=PAIR_KMAX)
             out[rows] = full[inputs[:, 0], inputs[:, 1]]
         else:
             if kinks:
-                out[rows] = _expect_split(fns, K, inputs, pattern, kinks, q_split[d], tol)
+                out[rows] = _expect_kinked(fns, K, inputs, pattern, kinks, q_split[d], tol)
             else:
                 out[rows] = _expect_cubature(fns, K, inputs, pattern, q[d], False, tol)
     if not torch.isfinite(out).all():

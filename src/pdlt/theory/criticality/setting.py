@@ -1,0 +1,310 @@
+"""Signal propagation at one setting (C_b, C_W), and the order–chaos boundary χ_⊥(K*) = 1 as a
+line in the (C_b, C_W) plane (book §5.1; Poole et al. 2016, Schoenholz et al. 2016)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import optimize
+
+from pdlt.activations import Activation
+from pdlt.gaussian import pair_expectation
+from pdlt.theory.criticality._common import (
+    CRITICAL_TOL,
+    DT,
+    K_GRID,
+    K_MAX,
+    ActivationLike,
+    Printable,
+    act_of,
+    as_t,
+    chi_parallel_at,
+    clear_overflow,
+    grid,
+    mean_dsigma2,
+    mean_sigma2,
+    mean_z_sigma_dsigma,
+    phase_of,
+    positive,
+    xi,
+)
+from pdlt.theory.criticality.fixed_points import (
+    FixedPoint,
+    attractor,
+    correlation_fixed_point,
+    fixed_points,
+    map_gap,
+)
+
+
+@dataclass(frozen=True, repr=False)
+class Criticality(Printable):
+    """Signal propagation at one (C_b, C_W) (book §5.1; Schoenholz et al. 2016).
+
+    Attributes
+    ----------
+    activation, C_b, C_W:
+        The setting.
+    K1:
+        The first-layer kernel the flow starts from (default C_b + C_W: an input with
+        |x|² = n_0).
+    K_star:
+        The fixed point K^{(ℓ)} flows to from K1; ``inf`` if the kernel grows without bound
+        (beyond ``K_MAX``), e.g. ReLU with C_W > 2.
+    fixed_points:
+        Every fixed point in [0, K_MAX], with its stability.
+    chi_parallel, chi_perp:
+        χ_∥(K*), χ_⊥(K*); for K* = inf their values at K_MAX (the growth regime).
+    c_star:
+        Stable fixed point of the correlation of two distinct inputs: 1 in the ordered phase
+        and at criticality, < 1 in the chaotic phase.
+    chi_c:
+        Slope of the correlation map at c* (= χ_⊥ when c* = 1).
+    xi_parallel, xi_perp:
+        Depth scales 1/|log χ_∥| and 1/|log χ_c| (the papers' ξ_q and ξ_c): |K^{(ℓ)} − K*| and
+        |c^{(ℓ)} − c*| shrink like e^{−ℓ/ξ}. ``inf`` exactly at χ = 1, where the approach is a
+        power law instead.
+    phase:
+        "ordered" (χ_⊥ < 1), "chaotic" (χ_⊥ > 1) or "critical" (χ_⊥ = 1).
+    note:
+        Plain-language remarks (unbounded kernel, a depth scale that is infinite, …).
+    """
+
+    activation: str
+    C_b: float
+    C_W: float
+    K1: float
+    K_star: float
+    fixed_points: tuple[FixedPoint, ...]
+    chi_parallel: float
+    chi_perp: float
+    c_star: float
+    chi_c: float
+    xi_parallel: float
+    xi_perp: float
+    phase: str
+    note: str = ""
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row with every scalar field."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fixed_points"}
+        row["fixed_points"] = ", ".join(f"{p.K:.6g} ({p.stability})" for p in self.fixed_points)
+        return pd.DataFrame([row])
+
+
+@clear_overflow
+def criticality(
+    activation: ActivationLike, C_b: float = 0.0, C_W: float = 1.0, *, K1: float | None = None
+) -> Criticality:
+    """Fixed point, susceptibilities, depth scales and phase at one (C_b, C_W) (book §5.1).
+
+    Parameters
+    ----------
+    activation:
+        Built-in name, :class:`~pdlt.activations.Activation` or elementwise torch callable.
+    C_b, C_W:
+        Bias and weight variances (C_b ≥ 0, C_W > 0).
+    K1:
+        First-layer kernel of the input whose flow decides which fixed point is meant (default
+        C_b + C_W, an input with |x|² = n_0).
+
+    Examples
+    --------
+    >>> c = pdlt.criticality("tanh", C_b=0.05, C_W=2.5)
+    >>> c.phase, round(c.K_star, 6), round(c.c_star, 6), round(c.xi_perp, 3)
+    ('chaotic', 1.063958, 0.446804, 11.796)
+    """
+    act = act_of(activation)
+    C_b = positive("C_b", C_b, allow_zero=True)
+    C_W = positive("C_W", C_W, allow_zero=False)
+    K1 = C_b + C_W if K1 is None else positive("K1", K1, allow_zero=True)
+    points = fixed_points(act, C_b, C_W)
+    notes = []
+    h1 = map_gap(act, C_b, C_W)(K1)
+    star = attractor(points, h1, K1)
+    hom = act.homogeneous
+    if hom is not None and abs(C_W * (hom[0] ** 2 + hom[1] ** 2) / 2 - 1) <= CRITICAL_TOL:
+        if C_b == 0:
+            star = FixedPoint(K1, 1.0, "marginal")
+            points = [star]
+            notes.append("scale-invariant at C_W = 1/A_2, C_b = 0: every K is a fixed point")
+        else:
+            star = None  # the kernel grows linearly, K^(ℓ) = K1 + (ℓ − 1) C_b
+    if star is None:
+        K_star = math.inf
+        Keval = as_t([K_MAX])
+        notes.append(
+            f"the kernel grows without bound (no fixed point above K1 = {K1:g} up to "
+            f"{K_MAX:g}); susceptibilities are quoted at K = {K_MAX:g}"
+        )
+    else:
+        K_star = star.K
+        Keval = as_t([K_star])
+        if star.stability not in ("stable", "marginal"):
+            notes.append(f"K* is {star.stability}")
+    chi_par = float(chi_parallel_at(act, Keval, C_W)[0])
+    chi_p = float(C_W * mean_dsigma2(act, Keval)[0])
+    phase = phase_of(chi_p)
+    if phase == "chaotic" and math.isfinite(K_star) and K_star > 0:
+        c, _ = correlation_fixed_point(act, Keval, as_t([C_b]), as_t([C_W]))
+        c_star = float(c[0])
+        Kc = K_star * torch.tensor([[1.0, c_star], [c_star, 1.0]], dtype=DT)
+        chi_c = float(C_W * pair_expectation(act, Kc, (1, 1))[0, 1])
+    else:
+        c_star, chi_c = 1.0, chi_p
+        if phase == "chaotic":
+            notes.append("no finite K* > 0 to define a correlation fixed point; c* = 1 quoted")
+    xi_par, xi_perp = xi(chi_par), xi(chi_c)
+    if math.isinf(xi_par):
+        notes.append("χ_∥ = 1: ξ_∥ = inf, the kernel approaches K* as a power law")
+    if math.isinf(xi_perp):
+        notes.append(
+            "on the order–chaos boundary (χ_⊥ = 1): ξ_⊥ = inf, correlations approach c* as a "
+            "power law; ξ is ill-conditioned (∝ 1/|χ − 1|) near the boundary"
+        )
+    return Criticality(
+        activation=act.name,
+        C_b=C_b,
+        C_W=C_W,
+        K1=K1,
+        K_star=K_star,
+        fixed_points=tuple(points),
+        chi_parallel=chi_par,
+        chi_perp=chi_p,
+        c_star=c_star,
+        chi_c=chi_c,
+        xi_parallel=xi_par,
+        xi_perp=xi_perp,
+        phase=phase,
+        note="; ".join(notes),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the order–chaos boundary χ_⊥(K*) = 1
+
+
+@dataclass(frozen=True, repr=False)
+class CriticalLine(Printable):
+    """The order–chaos boundary χ_⊥(K*) = 1 as C_W(C_b) (Poole et al. 2016; book §5.1).
+
+    ``C_b``, ``C_W``, ``K_star`` are float64 arrays (floats for a scalar C_b). ``exists`` marks
+    where a boundary with a stable K* was found; elsewhere C_W and K_star are NaN and ``note``
+    says why. For the scale-invariant class the boundary is C_W = 1/A_2 at every C_b, with
+    K* = inf for C_b > 0 (the kernel grows linearly) and K* = NaN for C_b = 0 (every K is
+    a fixed point, see ``note``).
+    """
+
+    activation: str
+    C_b: np.ndarray | float
+    C_W: np.ndarray | float
+    K_star: np.ndarray | float
+    exists: np.ndarray | bool
+    note: str = ""
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "C_b": np.atleast_1d(self.C_b),
+                "C_W": np.atleast_1d(self.C_W),
+                "K_star": np.atleast_1d(self.K_star),
+                "exists": np.atleast_1d(self.exists),
+            }
+        )
+
+
+def _phi_grid(act: Activation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """φ(K) = K − g(K)/⟨σ'²⟩_K on the K grid (K > 0): the boundary at C_b passes through the
+    K with φ(K) = C_b, at C_W = 1/⟨σ'²⟩_K. Also returns ⟨σ'²⟩ and χ_∥ there (at that C_W)."""
+    Kg = as_t(K_GRID[1:])
+    d = mean_dsigma2(act, Kg)
+    phi = Kg - mean_sigma2(act, Kg) / d
+    chi = mean_z_sigma_dsigma(act, Kg) / Kg / d
+    return phi.numpy(), d.numpy(), chi.numpy()
+
+
+@clear_overflow
+def critical_line(activation: ActivationLike, C_b: float | np.ndarray = 0.0) -> CriticalLine:
+    """C_W on the order–chaos boundary χ_⊥(K*) = 1 for each C_b (Poole et al. 2016; book §5.1).
+
+    On the boundary K* = C_b + g(K*)/⟨σ'²⟩_{K*} and C_W = 1/⟨σ'²⟩_{K*}: a 1-D root in K per C_b,
+    bracketed on a grid and refined by Brent's method. Where several roots exist, the one with a
+    stable K* (χ_∥ ≤ 1) and smallest K is taken.
+
+    Examples
+    --------
+    >>> round(pdlt.critical_line("tanh", C_b=0.3).C_W, 6)
+    2.505127
+    """
+    act = act_of(activation)
+    cb = grid("C_b", C_b, allow_zero=True)
+    scalar = np.ndim(C_b) == 0
+    hom = act.homogeneous
+    note = ""
+    if hom is not None:
+        A2 = (hom[0] ** 2 + hom[1] ** 2) / 2
+        if A2 == 0:
+            raise ValueError(f"activation {act.name!r} is identically zero")
+        C_W = np.full_like(cb, 1.0 / A2)
+        K_star = np.where(cb > 0, np.inf, np.nan)
+        exists = np.ones_like(cb, dtype=bool)
+        note = (
+            "scale-invariant: χ_⊥ = C_W A_2 for every K, so the boundary is C_W = 1/A_2; the "
+            "kernel grows linearly for C_b > 0 (K* = inf) and every K is a fixed point at C_b = 0 "
+            "(K* = NaN)"
+        )
+    else:
+        C_W, K_star, exists = _critical_line_general(act, cb)
+        if not exists.all():
+            note = "no boundary with a stable fixed point at the C_b marked exists=False"
+    if scalar:
+        return CriticalLine(
+            act.name, float(cb[0]), float(C_W[0]), float(K_star[0]), bool(exists[0]), note
+        )
+    return CriticalLine(act.name, cb, C_W, K_star, exists, note)
+
+
+def _critical_line_general(
+    act: Activation, cb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    Kg = K_GRID[1:]
+    phi, _, _ = _phi_grid(act)
+
+    def phi_fn(K: float) -> float:
+        Kt = as_t([K])
+        return float(Kt[0] - mean_sigma2(act, Kt)[0] / mean_dsigma2(act, Kt)[0])
+
+    # φ at K → 0: −σ(0)²/σ'(0)² (0 when σ(0) = 0, so that C_b = 0 sits at K* = 0).
+    zero = torch.zeros(1, dtype=DT)
+    s0 = float(act.fn(zero)[0])
+    d0 = float(mean_dsigma2(act, zero)[0])
+    phi0 = -s0 * s0 / d0 if d0 > 0 else -math.inf
+    C_W = np.full_like(cb, np.nan)
+    K_star = np.full_like(cb, np.nan)
+    for j, b in enumerate(cb):
+        if b == 0.0 and phi0 == 0.0:
+            C_W[j], K_star[j] = 1.0 / d0, 0.0
+            continue
+        r = phi - b
+        candidates = []
+        if phi0 - b < 0 < r[0] or phi0 - b > 0 > r[0]:
+            candidates.append(
+                optimize.brentq(lambda k, b=b: phi_fn(k) - b, 0.0, Kg[0], xtol=1e-300)
+            )
+        for i in np.nonzero(r[:-1] * r[1:] < 0)[0]:
+            candidates.append(
+                optimize.brentq(
+                    lambda k, b=b: phi_fn(k) - b, Kg[i], Kg[i + 1], xtol=1e-15, rtol=1e-15
+                )
+            )
+        for K in candidates:
+            Kt = as_t([K])
+            cw = 1.0 / float(mean_dsigma2(act, Kt)[0])
+            if float(chi_parallel_at(act, Kt, cw)[0]) <= 1 + CRITICAL_TOL:
+                C_W[j], K_star[j] = cw, K
+                break
+    return C_W, K_star, np.isfinite(C_W)
