@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import pdlt
-from pdlt.activations import activation
 from pdlt.experiment.ensemble import forward_chunks
 from pdlt.theory.criticality import chi_perp, criticality
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from pdlt.activations import _arccos1
-from pdlt.gaussian import expect_pairs
-from pdlt.gaussian import KINKED_ERROR, expect_product, multisets
+from pdlt.gaussian import KINKED_ERROR, expect_pairs, expect_product, multisets
 
 torch.manual_seed(0)
 _A = torch.randn(5, 5, dtype=torch.float64)
