@@ -411,9 +411,17 @@ class _AutogradDerivative:
         with torch.enable_grad():
             x = z.detach().clone().requires_grad_(True)
             y = self.f(x)
-            (g,) = torch.autograd.grad(y.sum(), x, create_graph=self.order > 1)
+            # A graph that does not reach x means a derivative that is identically zero there:
+            # σ constant (no graph at all), or σ' constant (z, 2z, clamp) for the second order.
+            if not y.requires_grad:
+                return torch.zeros_like(z)
+            (g,) = torch.autograd.grad(y.sum(), x, create_graph=self.order > 1, allow_unused=True)
+            if g is None:
+                return torch.zeros_like(z)
             if self.order == 1:
                 return g.detach()
+            if not g.requires_grad:
+                return torch.zeros_like(z)
             (h,) = torch.autograd.grad(g.sum(), x, allow_unused=True)
         return torch.zeros_like(z) if h is None else h.detach()
 
