@@ -185,13 +185,19 @@ def empirical_ntk(
 ) -> EmpiricalNTK:
     """NTKs Ĥ^{(ℓ)}_{i1i2;δ1δ2} of ``n_networks`` sampled networks, by the layer structure.
 
-    The networks are the ones :func:`pdlt.measure` draws for the same ``seed``; the learning
+    The networks are the ones :func:`pdlt.measure` draws for the same ``seed`` (network m is the
+    same whatever ``n_networks`` and ``max_memory``); the learning
     rates are the network's λ_b, λ_W in the book's convention (weights: λ_W/n_{ℓ−1}).
 
     Examples
     --------
     >>> e = pdlt.empirical_ntk(net, x, n_networks=100, seed=0)
     >>> e.H.shape                  # (networks, n_L, n_L, N, N)
+
+    Raises
+    ------
+    FloatingPointError
+        If a network's NTK overflows (as :func:`pdlt.measure` does for its statistics).
     """
     xt = validate_inputs(net, x)
     if (
@@ -209,6 +215,13 @@ def empirical_ntk(
         net, xt, n_networks, seed, dtype=dt, device=dev, max_memory=max_memory
     ):
         out = chunk_ntk(net, chunk, ell, idx, contributions=contributions)
+        if not bool(torch.isfinite(out).all()):
+            first = chunk.start + int((~torch.isfinite(out)).flatten(1).any(1).nonzero()[0, 0])
+            raise FloatingPointError(
+                f"the empirical NTK of network {first} is not finite: the sampled networks "
+                f"overflowed in {str(dt).removeprefix('torch.')}; use dtype='float64', a smaller "
+                "C_W or fewer layers"
+            )
         if contributions:
             Cs.append(out)
             Hs.append(out.sum(dim=1))
