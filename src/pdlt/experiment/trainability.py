@@ -399,6 +399,6 @@ def stored_trainability(
     grid = {"C_W": cw, "depth": dp, **{k: [v] for k, v in s.items()}}
     fs = FileStore(store)
     cells = grid_cells(grid, seeds, name=fn_name(trainability_cell))
-    if any(not fs.path(c.key).exists() for c in cells):
+    if any(fs.get(c) is None for c in cells):
         return None
     return trainability(cw, dp, seeds=seeds, store=store, progress=False, **settings)
