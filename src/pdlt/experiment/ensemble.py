@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.network import MLP
 
 Tensor = torch.Tensor
@@ -80,18 +81,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def check_ensemble_args(n_networks: object, seed: object, max_memory: object) -> None:
-    if isinstance(n_networks, bool) or not isinstance(n_networks, (int, np.integer)):
-        raise TypeError(f"n_networks must be an int, got {n_networks!r}")
-    if n_networks < 2:
-        raise ValueError(f"n_networks must be ≥ 2 to give error bars, got {n_networks}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise TypeError(f"seed must be a non-negative int, got {seed!r}")
-    if (
-        isinstance(max_memory, bool)
-        or not isinstance(max_memory, (int, np.integer))
-        or max_memory < 2**20
-    ):
-        raise ValueError(f"max_memory must be an int number of bytes ≥ 1 MiB, got {max_memory!r}")
+    """The ensemble arguments every sampler shares (rules of :mod:`pdlt._validation`)."""
+    n = _validation.integer("n_networks", n_networks)
+    if n < 2:
+        raise ValueError(f"n_networks must be ≥ 2 to give error bars, got {n}")
+    _validation.seed("seed", seed)
+    mem = _validation.integer("max_memory", max_memory)
+    if mem < 2**20:
+        raise ValueError(f"max_memory must be an int number of bytes ≥ 1 MiB, got {mem}")
 
 
 def chunk_size(net: MLP, n_inputs: int, dtype: torch.dtype, max_memory: int) -> int:

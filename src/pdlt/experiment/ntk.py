@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.experiment.ensemble import (
     DEFAULT_MAX_MEMORY,
     Chunk,
@@ -200,13 +201,8 @@ def empirical_ntk(
         If a network's NTK overflows (as :func:`pdlt.measure` does for its statistics).
     """
     xt = validate_inputs(net, x)
-    if (
-        isinstance(n_networks, bool)
-        or not isinstance(n_networks, (int, np.integer))
-        or n_networks < 1
-    ):
-        raise ValueError(f"n_networks must be an int ≥ 1, got {n_networks!r}")
-    check_ensemble_args(max(int(n_networks), 2), seed, max_memory)
+    n_networks = _validation.integer("n_networks", n_networks, min=1)
+    check_ensemble_args(max(n_networks, 2), seed, max_memory)
     ell = _check_layer(net, layer)
     idx = _check_neurons(net, ell, neurons)
     dt, dev = resolve_dtype(dtype), resolve_device(device)

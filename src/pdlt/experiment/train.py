@@ -19,7 +19,6 @@ Networks are initialized exactly as :func:`pdlt.experiment.ensemble.forward_chun
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pdlt import _validation
 from pdlt.experiment.ensemble import (
     BLOCK,
     DEFAULT_MAX_MEMORY,
@@ -286,20 +286,11 @@ def train_ensemble(
         raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"steps must be an int ≥ 0, got {steps!r}")
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, numbers.Real)
-        or not math.isfinite(learning_rate)
-        or learning_rate <= 0
-    ):
-        raise ValueError(f"learning_rate must be a finite float > 0, got {learning_rate!r}")
+    steps = _validation.integer("steps", steps, min=0)
+    learning_rate = _validation.positive("learning_rate", learning_rate)
     check_ensemble_args(n_networks, seed, max_memory)
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1
-    ):
-        raise ValueError(f"threads must be an int ≥ 1 or None, got {threads!r}")
+    if threads is not None:
+        threads = _validation.integer("threads", threads, min=1)
     if antithetic and n_networks % 2:
         raise ValueError(f"antithetic=True needs an even n_networks, got {n_networks}")
     dtype = resolve_dtype(dtype)
