@@ -86,7 +86,8 @@ def test_float64_networks_match_theory():
     [
         ({"n_networks": 1}, ValueError, "n_networks must be ≥ 2"),
         ({"n_networks": 10.0}, TypeError, "n_networks must be an int"),
-        ({"seed": -1}, TypeError, "seed"),
+        ({"seed": -1}, ValueError, "seed must be ≥ 0"),
+        ({"seed": 1.0}, TypeError, "seed must be an int"),
         ({"dtype": "float16"}, ValueError, "dtype"),
         ({"statistics": ("Q",)}, ValueError, "unknown statistics"),
         ({"max_memory": 10}, ValueError, "max_memory"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pdlt.experiment.sweep import FileStore, grid_cells, sweep
+from pdlt.experiment.sweep import FileStore, SweepError, grid_cells, sweep
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _sweep_cells as cells  # noqa: E402
@@ -136,10 +136,13 @@ def test_bad_arguments():
         sweep(cells.square, {"x": [1]}, scheduler="threads")
     with pytest.raises(ValueError, match="module-level"):
         sweep(lambda x, seed: {"y": x}, {"x": [1]}, scheduler="processes")
-    with pytest.raises(TypeError, match="must return a dict"):
+    # a cell breaking the contract is a failed cell: reported with its TypeError at the end
+    with pytest.raises(SweepError, match="TypeError: a sweep cell must return a dict"):
         sweep(lambda x, seed: x, {"x": [1]})
-    with pytest.raises(TypeError, match="JSON-like"):
+    with pytest.raises(SweepError, match="TypeError: .*JSON-like"):
         sweep(lambda x, seed: {"y": object()}, {"x": [1]})
+    with pytest.raises(ValueError, match="errors"):
+        sweep(cells.square, {"x": [1]}, errors="ignore")
     with pytest.raises(ValueError, match="seeds"):
         sweep(cells.square, {"x": [1]}, seeds=[-1])
     with pytest.raises(ValueError, match="clashes"):

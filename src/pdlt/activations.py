@@ -39,6 +39,8 @@ from types import MappingProxyType
 
 import torch
 
+from pdlt import _validation
+
 Tensor = torch.Tensor
 TorchFn = Callable[[Tensor], Tensor]
 # A closed form takes the entries (K_aa, K_bb, K_ab) of a 2x2 kernel, broadcast against each
@@ -301,7 +303,8 @@ def _relu() -> Activation:
 
 
 def _leaky_relu(slope: float = 0.01) -> Activation:
-    return _homogeneous("leaky_relu", 1.0, float(slope), slope=float(slope))
+    slope = _validation.real("leaky_relu slope", slope)
+    return _homogeneous("leaky_relu", 1.0, slope, slope=slope)
 
 
 def _tanh() -> Activation:
@@ -405,7 +408,8 @@ def _elu_parts(alpha: float, scale: float) -> tuple[TorchFn, TorchFn, TorchFn]:
 
 
 def _elu(alpha: float = 1.0) -> Activation:
-    fn, d1, d2 = _elu_parts(float(alpha), 1.0)
+    alpha = _validation.real("elu alpha", alpha)
+    fn, d1, d2 = _elu_parts(alpha, 1.0)
     return Activation("elu", fn, d1, d2, kinks=(0.0,), params=_freeze({"alpha": float(alpha)}))
 
 
@@ -492,9 +496,17 @@ class _AutogradDerivative:
         with torch.enable_grad():
             x = z.detach().clone().requires_grad_(True)
             y = self.f(x)
-            (g,) = torch.autograd.grad(y.sum(), x, create_graph=self.order > 1)
+            # A graph that does not reach x means a derivative that is identically zero there:
+            # σ constant (no graph at all), or σ' constant (z, 2z, clamp) for the second order.
+            if not y.requires_grad:
+                return torch.zeros_like(z)
+            (g,) = torch.autograd.grad(y.sum(), x, create_graph=self.order > 1, allow_unused=True)
+            if g is None:
+                return torch.zeros_like(z)
             if self.order == 1:
                 return g.detach()
+            if not g.requires_grad:
+                return torch.zeros_like(z)
             (h,) = torch.autograd.grad(g.sum(), x, allow_unused=True)
         return torch.zeros_like(z) if h is None else h.detach()
 
@@ -519,6 +531,11 @@ def _check_callable(f: TorchFn, name: str) -> None:
             f"activation {name!r} must act elementwise: input shape {tuple(probe.shape)} gave "
             f"output shape {tuple(out.shape)}"
         )
+    if not out.dtype.is_floating_point:
+        raise TypeError(
+            f"activation {name!r} must return floating-point values, got dtype {out.dtype} "
+            "(an integer or bool result has no derivative; write it with float operations)"
+        )
     bad = ~torch.isfinite(out)
     if bad.any():
         z = probe[bad][0].item()
@@ -526,6 +543,32 @@ def _check_callable(f: TorchFn, name: str) -> None:
             f"activation {name!r} returned a non-finite value ({out[bad][0].item()}) at z = {z:g}; "
             "an activation must be finite on the whole real line"
         )
+    _check_elementwise(f, name, probe, out)
+
+
+def _check_elementwise(f: TorchFn, name: str, probe: Tensor, out: Tensor) -> None:
+    """σ must act on each entry alone: permuting the input permutes the output the same way,
+    and a part of the input gives that part of the output (rules out cumsum, sort,
+    normalisation by the batch, …)."""
+    perm = torch.randperm(probe.numel(), generator=torch.Generator().manual_seed(0))
+    tol = 1e-10 * max(1.0, float(out.abs().max()))
+    for what, z, expected in (
+        ("a permuted input", probe[perm], out[perm]),
+        ("a part of the input", probe[10:40], out[10:40]),
+    ):
+        try:
+            got = f(z)
+            same = got.shape == expected.shape and bool(
+                ((got - expected).abs() <= tol + 1e-10 * expected.abs()).all()
+            )
+        except Exception:  # a shape-bound or broken function: not elementwise either
+            same = False
+        if not same:
+            raise TypeError(
+                f"activation {name!r} must act elementwise: on {what} it did not return the "
+                "same values, rearranged the same way (is it a cumulative, sorting or "
+                "normalising operation?)"
+            )
 
 
 def activation(

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from pdlt import _validation
 from pdlt.activations import Activation, activation
 from pdlt.theory.criticality import ActivationLike, critical_point, criticality
 
@@ -116,12 +117,7 @@ def _detect(module: torch.nn.Module) -> Activation:
 
 
 def _variance(name: str, value: object, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be finite and {'≥' if allow_zero else '>'} 0, got {v}")
-    return v
+    return _validation.real(name, value, min=0.0, min_inclusive=allow_zero)
 
 
 def critical_(

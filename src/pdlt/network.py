@@ -10,44 +10,25 @@ with W^{(ℓ)}_{ij} ~ N(0, C_W^{(ℓ)}/n_{ℓ−1}) and b^{(ℓ)}_i ~ N(0, C_b^{
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.activations import Activation, TorchFn, activation
 
 PerLayer = float | Sequence[float]
 
 
 def _per_layer(name: str, value: PerLayer, depth: int, *, positive: bool) -> tuple[float, ...]:
-    """A scalar or one value per layer → a tuple of ``depth`` validated floats."""
-    if isinstance(value, (numbers.Real, np.floating)) and not isinstance(value, bool):
-        values = (float(value),) * depth
-    elif isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, str):
-        values = tuple(float(v) for v in value)
-        if len(values) != depth:
-            raise ValueError(f"{name} needs one value per layer ({depth}), got {len(values)}")
-    else:
-        raise TypeError(f"{name} must be a float or a sequence of {depth} floats, got {value!r}")
-    for v in values:
-        if not math.isfinite(v):
-            raise ValueError(f"{name} must be finite, got {v}")
-        if positive and v <= 0:
-            raise ValueError(f"{name} must be > 0, got {v}")
-        if v < 0:
-            raise ValueError(f"{name} must be ≥ 0 (it is a variance or a learning rate), got {v}")
-    return values
+    """A scalar or one value per layer → a tuple of ``depth`` validated floats (> 0 or ≥ 0)."""
+    return _validation.per_layer(name, value, depth, min=0.0, min_inclusive=not positive)
 
 
 def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {value}")
-    return int(value)
+    return _validation.integer(name, value, min=1)
 
 
 @dataclass(frozen=True)
@@ -186,24 +167,6 @@ class _ActivationModule(torch.nn.Module):
 
 
 def validate_inputs(net: MLP, x: object) -> torch.Tensor:
-    """Check an input set against a network and return it as a float64 (N, n_0) tensor."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach().to("cpu", torch.float64)
-    elif isinstance(x, (np.ndarray, list, tuple)):
-        try:
-            t = torch.from_numpy(np.array(x, dtype=np.float64))  # a copy: inputs may be read-only
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"x must be a numeric array, got {type(x).__name__}: {exc}") from None
-    else:
-        raise TypeError(f"x must be a numpy array or torch tensor, got {type(x).__name__}")
-    if t.ndim == 1 and net.input_dim == 1:
-        t = t[:, None]
-    if t.ndim != 2 or t.shape[1] != net.input_dim:
-        raise ValueError(
-            f"x must have shape (N, input_dim) = (N, {net.input_dim}), got {tuple(t.shape)}"
-        )
-    if t.shape[0] < 1:
-        raise ValueError("x must contain at least one input (N ≥ 1)")
-    if not torch.isfinite(t).all():
-        raise ValueError("x contains NaN or inf; all inputs must be finite")
-    return t
+    """Check an input set against a network and return it as a float64 (N, n_0) tensor
+    (the rules of :func:`pdlt._validation.as_inputs`)."""
+    return _validation.as_inputs(net.input_dim, x)

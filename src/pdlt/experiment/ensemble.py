@@ -2,9 +2,10 @@
 
 M networks of one spec are sampled and run together: the weights of a chunk of B networks form a
 (B, n_ℓ, n_{ℓ−1}) tensor per layer and the forward pass is a batched matmul. Chunks bound the
-memory. Randomness is drawn per *block* of networks from generators seeded by
-``numpy.random.SeedSequence(seed).spawn``, so the same seed gives the same networks whatever the
-chunk size (on the same device type).
+memory. Network m draws its parameters from its own stream (:func:`draw_parameters`), the same
+numbers whatever the arithmetic dtype: its parameters are a function of (seed, m) only, so the
+same seed gives the same networks whatever the chunking and the ensemble size, and a float32
+network is the float64 one rounded (on the same device type).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.network import MLP
 
 Tensor = torch.Tensor
 
-BLOCK = 8  # networks per random stream
+BLOCK = 8  # chunk sizes are rounded to a multiple of this (tidy batches)
 DEFAULT_MAX_MEMORY = 512 * 2**20
 CPU = torch.device("cpu")
 
@@ -79,49 +81,75 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def check_ensemble_args(n_networks: object, seed: object, max_memory: object) -> None:
-    if isinstance(n_networks, bool) or not isinstance(n_networks, (int, np.integer)):
-        raise TypeError(f"n_networks must be an int, got {n_networks!r}")
-    if n_networks < 2:
-        raise ValueError(f"n_networks must be ≥ 2 to give error bars, got {n_networks}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise TypeError(f"seed must be a non-negative int, got {seed!r}")
-    if (
-        isinstance(max_memory, bool)
-        or not isinstance(max_memory, (int, np.integer))
-        or max_memory < 2**20
-    ):
-        raise ValueError(f"max_memory must be an int number of bytes ≥ 1 MiB, got {max_memory!r}")
+    """The ensemble arguments every sampler shares (rules of :mod:`pdlt._validation`)."""
+    n = _validation.integer("n_networks", n_networks)
+    if n < 2:
+        raise ValueError(f"n_networks must be ≥ 2 to give error bars, got {n}")
+    _validation.seed("seed", seed)
+    mem = _validation.integer("max_memory", max_memory)
+    if mem < 2**20:
+        raise ValueError(f"max_memory must be an int number of bytes ≥ 1 MiB, got {mem}")
 
 
 def chunk_size(net: MLP, n_inputs: int, dtype: torch.dtype, max_memory: int) -> int:
-    """Networks per chunk so that one layer's weights plus all activations fit in max_memory."""
+    """Networks per chunk so that all layers' parameters (a chunk holds them), a work copy of the
+    largest layer's weights, and all activations fit in max_memory."""
     itemsize = torch.finfo(dtype).bits // 8
-    w = max(a * b for a, b in zip(net.widths[:-1], net.widths[1:], strict=True))
+    sizes = [a * b for a, b in zip(net.widths[:-1], net.widths[1:], strict=True)]
+    params = sum(sizes) + sum(net.widths[1:])
     acts = sum(net.widths[1:]) * n_inputs * 3  # z, σ(z) and a float64 statistic per layer
-    per_net = (2 * w + acts) * itemsize + 8 * net.depth * n_inputs**2
+    per_net = (params + max(sizes) + acts) * itemsize + 8 * net.depth * n_inputs**2
     b = max(1, max_memory // per_net)
     return int(b if b < BLOCK else (b // BLOCK) * BLOCK)
 
 
-def _generators(seed: int, n_networks: int, device: torch.device) -> list[torch.Generator]:
-    n_blocks = math.ceil(n_networks / BLOCK)
-    states = np.random.SeedSequence(seed).spawn(n_blocks)
-    return [
-        torch.Generator(device=device).manual_seed(int(s.generate_state(1, np.uint64)[0] >> 1))
-        for s in states
-    ]
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _draw(
-    gens: list[torch.Generator], start: int, size: int, shape: tuple[int, ...], dtype, device
-) -> Tensor:
-    """Standard normals of shape (size, *shape) for networks start…start+size−1, block by block."""
-    out = torch.empty((size, *shape), dtype=dtype, device=device)
-    # Filled in place slice by slice: torch.cat of the blocks costs more than drawing them.
-    for net_idx in range(start, start + size, BLOCK):
-        lo = net_idx - start
-        out[lo : lo + BLOCK].normal_(generator=gens[net_idx // BLOCK])
-    return out
+def network_seeds(seed: int, start: int, size: int) -> np.ndarray:
+    """Seeds of the streams of networks ``start … start+size−1`` of the ensemble ``seed``.
+
+    Network m's seed is splitmix64 of (a key from ``SeedSequence(seed)``) + m·golden ratio: a
+    function of (seed, m) only, distinct for distinct m, vectorised over the chunk.
+    """
+    key = np.random.SeedSequence(int(seed)).generate_state(2, np.uint64)
+    m = np.arange(start, start + size, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # modular arithmetic on purpose
+        z = key[0] + (m + np.uint64(1)) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31)) ^ key[1]
+    return z >> np.uint64(1)  # torch seeds are < 2**63 here, for any device's generator
+
+
+def draw_parameters(
+    net: MLP, seed: int, start: int, size: int, dtype, device: torch.device = CPU
+) -> tuple[list[Tensor], list[Tensor]]:
+    """W^{(ℓ)} (size, n_ℓ, n_{ℓ−1}) ~ N(0, C_W/n_{ℓ−1}) and b^{(ℓ)} (size, n_ℓ, 1) ~ N(0, C_b) of
+    networks ``start … start+size−1`` of the ensemble ``seed`` (what forward_chunks draws).
+
+    Network m reseeds one generator with :func:`network_seeds` and draws W^{(1)}, b^{(1)}, W^{(2)},
+    … as float32 standard normals; they are then scaled in float64 and cast to ``dtype``. So network m is a
+    function of (seed, m) only — the same in whatever chunk it falls, however many networks the
+    ensemble holds — and a float32 network is the float64 one rounded, so that a float64 run
+    isolates rounding. (float32 draws: torch draws float64 normals ~6x slower on CPU.) One Python
+    step per network and layer (~1 µs) is small beside the forward pass.
+    """
+    shapes = [(net.widths[ell + 1], net.widths[ell]) for ell in range(net.depth)]
+    Ws = [torch.empty((size, *s), dtype=torch.float32, device=device) for s in shapes]
+    bs = [torch.empty((size, s[0], 1), dtype=torch.float32, device=device) for s in shapes]
+    gen = torch.Generator(device=device)
+    for i, s in enumerate(network_seeds(seed, start, size)):
+        gen.manual_seed(int(s))
+        for W, b in zip(Ws, bs, strict=True):
+            W[i].normal_(generator=gen)
+            b[i].normal_(generator=gen)
+    # scaled in float64 then rounded once, so float32 parameters are exactly the float64 ones
+    # rounded (one layer at a time in float64: a small work copy)
+    for ell in range(net.depth):
+        Ws[ell] = Ws[ell].double().mul_(math.sqrt(net.C_W[ell] / net.widths[ell])).to(dtype)
+        bs[ell] = bs[ell].double().mul_(math.sqrt(net.C_b[ell])).to(dtype)
+    return Ws, bs
 
 
 def forward_chunks(
@@ -136,27 +164,21 @@ def forward_chunks(
 ) -> Iterator[Chunk]:
     """Sample ``n_networks`` networks of ``net`` and yield their preactivations chunk by chunk.
 
-    Layer ℓ draws W^{(ℓ)} ~ N(0, C_W/n_{ℓ−1}) then b^{(ℓ)} ~ N(0, C_b) from each block's stream.
+    Network m draws, layer by layer, W^{(ℓ)} ~ N(0, C_W/n_{ℓ−1}) then b^{(ℓ)} ~ N(0, C_b) from its
+    own stream (:func:`draw_parameters`): the same networks whatever ``max_memory``.
     """
-    # A multiple of BLOCK (unless one network alone exceeds it), so no stream is split.
     B = min(chunk_size(net, x.shape[0], dtype, max_memory), n_networks)
-    gens = _generators(seed, n_networks, device)
     xt = x.to(device=device, dtype=dtype).T  # (n_0, N)
     start = 0
     while start < n_networks:
         size = min(B, n_networks - start)
-        zs, Ws, bs = [], [], []
+        Ws, bs = draw_parameters(net, seed, start, size, dtype, device)
+        zs = []
         h = xt
         for ell in range(net.depth):
-            n_in, n_out = net.widths[ell], net.widths[ell + 1]
-            W = _draw(gens, start, size, (n_out, n_in), dtype, device)
-            W.mul_(math.sqrt(net.C_W[ell] / n_in))
-            b = _draw(gens, start, size, (n_out, 1), dtype, device)
-            b.mul_(math.sqrt(net.C_b[ell]))
+            W, b = Ws[ell], bs[ell]
             z = torch.baddbmm(b, W, h) if h.ndim == 3 else torch.matmul(W, h).add_(b)
             zs.append(z)
-            Ws.append(W)
-            bs.append(b)
             if ell < net.depth - 1:
                 h = net.activation(z)
         yield Chunk(z=tuple(zs), W=tuple(Ws), b=tuple(bs), x=xt, start=start)

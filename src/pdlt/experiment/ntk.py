@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.experiment.ensemble import (
     DEFAULT_MAX_MEMORY,
     Chunk,
@@ -185,22 +186,23 @@ def empirical_ntk(
 ) -> EmpiricalNTK:
     """NTKs Ĥ^{(ℓ)}_{i1i2;δ1δ2} of ``n_networks`` sampled networks, by the layer structure.
 
-    The networks are the ones :func:`pdlt.measure` draws for the same ``seed``; the learning
+    The networks are the ones :func:`pdlt.measure` draws for the same ``seed`` (network m is the
+    same whatever ``n_networks`` and ``max_memory``); the learning
     rates are the network's λ_b, λ_W in the book's convention (weights: λ_W/n_{ℓ−1}).
 
     Examples
     --------
     >>> e = pdlt.empirical_ntk(net, x, n_networks=100, seed=0)
     >>> e.H.shape                  # (networks, n_L, n_L, N, N)
+
+    Raises
+    ------
+    FloatingPointError
+        If a network's NTK overflows (as :func:`pdlt.measure` does for its statistics).
     """
     xt = validate_inputs(net, x)
-    if (
-        isinstance(n_networks, bool)
-        or not isinstance(n_networks, (int, np.integer))
-        or n_networks < 1
-    ):
-        raise ValueError(f"n_networks must be an int ≥ 1, got {n_networks!r}")
-    check_ensemble_args(max(int(n_networks), 2), seed, max_memory)
+    n_networks = _validation.integer("n_networks", n_networks, min=1)
+    check_ensemble_args(max(n_networks, 2), seed, max_memory)
     ell = _check_layer(net, layer)
     idx = _check_neurons(net, ell, neurons)
     dt, dev = resolve_dtype(dtype), resolve_device(device)
@@ -209,6 +211,13 @@ def empirical_ntk(
         net, xt, n_networks, seed, dtype=dt, device=dev, max_memory=max_memory
     ):
         out = chunk_ntk(net, chunk, ell, idx, contributions=contributions)
+        if not bool(torch.isfinite(out).all()):
+            first = chunk.start + int((~torch.isfinite(out)).flatten(1).any(1).nonzero()[0, 0])
+            raise FloatingPointError(
+                f"the empirical NTK of network {first} is not finite: the sampled networks "
+                f"overflowed in {str(dt).removeprefix('torch.')}; use dtype='float64', a smaller "
+                "C_W or fewer layers"
+            )
         if contributions:
             Cs.append(out)
             Hs.append(out.sum(dim=1))

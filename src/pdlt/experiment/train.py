@@ -19,7 +19,6 @@ Networks are initialized exactly as :func:`pdlt.experiment.ensemble.forward_chun
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pdlt import _validation
 from pdlt.experiment.ensemble import (
     BLOCK,
     DEFAULT_MAX_MEMORY,
-    _draw,
-    _generators,
     check_ensemble_args,
+    draw_parameters,
     progress_bar,
     progress_enabled,
     resolve_device,
@@ -188,22 +187,6 @@ def _record_steps(record: object, steps: int) -> np.ndarray:
 # the batched program
 
 
-def _initial_parameters(
-    net: MLP, gens: list[torch.Generator], start: int, size: int, dtype, device
-) -> tuple[list[Tensor], list[Tensor]]:
-    """W^{(ℓ)} ~ N(0, C_W/n_{ℓ−1}), b^{(ℓ)} ~ N(0, C_b), drawn in forward_chunks' order."""
-    Ws, bs = [], []
-    for ell in range(net.depth):
-        n_in, n_out = net.widths[ell], net.widths[ell + 1]
-        W = _draw(gens, start, size, (n_out, n_in), dtype, device).mul_(
-            math.sqrt(net.C_W[ell] / n_in)
-        )
-        b = _draw(gens, start, size, (n_out, 1), dtype, device).mul_(math.sqrt(net.C_b[ell]))
-        Ws.append(W)
-        bs.append(b)
-    return Ws, bs
-
-
 def _forward(net: MLP, Ws: list[Tensor], bs: list[Tensor], x: Tensor) -> Tensor:
     """z^{(L)} of B networks on inputs x (n_0, N): (B, n_L, N)."""
     h = x
@@ -303,20 +286,11 @@ def train_ensemble(
         raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"steps must be an int ≥ 0, got {steps!r}")
-    if (
-        isinstance(learning_rate, bool)
-        or not isinstance(learning_rate, numbers.Real)
-        or not math.isfinite(learning_rate)
-        or learning_rate <= 0
-    ):
-        raise ValueError(f"learning_rate must be a finite float > 0, got {learning_rate!r}")
+    steps = _validation.integer("steps", steps, min=0)
+    learning_rate = _validation.positive("learning_rate", learning_rate)
     check_ensemble_args(n_networks, seed, max_memory)
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1
-    ):
-        raise ValueError(f"threads must be an int ≥ 1 or None, got {threads!r}")
+    if threads is not None:
+        threads = _validation.integer("threads", threads, min=1)
     if antithetic and n_networks % 2:
         raise ValueError(f"antithetic=True needs an even n_networks, got {n_networks}")
     dtype = resolve_dtype(dtype)
@@ -338,7 +312,6 @@ def train_ensemble(
     rates_b = [learning_rate * net.lambda_b[i] for i in range(net.depth)]
 
     n_draw = n_networks // 2 if antithetic else n_networks
-    gens = _generators(int(seed), n_draw, dev)
     B = min(_chunk_size(net, x.shape[0] + xt.shape[0], dtype, max_memory), n_draw)
     R, M = len(rec), n_networks
     preds = np.full((R, M, xt.shape[0], net.output_dim), np.nan)
@@ -353,7 +326,7 @@ def train_ensemble(
         ) as adv:
             for start in range(0, n_draw, B):
                 size = min(B, n_draw - start)
-                Ws, bs = _initial_parameters(net, gens, start, size, dtype, dev)
+                Ws, bs = draw_parameters(net, int(seed), start, size, dtype, dev)
                 if antithetic:  # interleave (θ, θ with the last layer negated)
                     Ws = [torch.stack([W, W], 1).flatten(0, 1) for W in Ws]
                     bs = [torch.stack([b, b], 1).flatten(0, 1) for b in bs]

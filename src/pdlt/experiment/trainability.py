@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pdlt import _validation
 from pdlt.experiment.sweep import SweepResult, sweep
 
 DEFAULT_C_W = tuple(np.round(np.linspace(0.5, 4.0, 12), 4).tolist())
@@ -332,13 +333,10 @@ def trainability(
     if unknown:
         raise TypeError(f"unknown settings {sorted(unknown)}; allowed: {sorted(DEFAULT_SETTINGS)}")
     s = {**DEFAULT_SETTINGS, **settings}
-    if not (isinstance(s["C_b"], (int, float)) and s["C_b"] >= 0):
-        raise ValueError(f"C_b must be a float ≥ 0, got {s['C_b']!r}")
+    s["C_b"] = _validation.non_negative("C_b", s["C_b"])
     for k in ("width", "steps", "n_train", "n_networks"):
-        if isinstance(s[k], bool) or not isinstance(s[k], (int, np.integer)) or s[k] < 1:
-            raise ValueError(f"{k} must be an int ≥ 1, got {s[k]!r}")
-    if not (isinstance(s["learning_rate"], (int, float)) and s["learning_rate"] > 0):
-        raise ValueError(f"learning_rate must be > 0, got {s['learning_rate']!r}")
+        s[k] = _validation.integer(k, s[k], min=1)
+    s["learning_rate"] = _validation.positive("learning_rate", s["learning_rate"])
     if s["loss"] not in ("cross_entropy", "mse"):
         raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {s['loss']!r}")
     cw = _grid_values("C_W", C_W, float)
@@ -399,6 +397,6 @@ def stored_trainability(
     grid = {"C_W": cw, "depth": dp, **{k: [v] for k, v in s.items()}}
     fs = FileStore(store)
     cells = grid_cells(grid, seeds, name=fn_name(trainability_cell))
-    if any(not fs.path(c.key).exists() for c in cells):
+    if any(fs.get(c) is None for c in cells):
         return None
     return trainability(cw, dp, seeds=seeds, store=store, progress=False, **settings)
