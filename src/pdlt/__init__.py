@@ -13,6 +13,7 @@ of real PyTorch networks, and compare the two.
 
 from pdlt.activations import Activation, activation
 from pdlt.compare import compare
+from pdlt.experiment.dntk import EmpiricalDNTK, empirical_dntk
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.experiment.ntk import empirical_ntk
 from pdlt.experiment.sweep import sweep
@@ -67,6 +68,7 @@ __all__ = [
     "metric",
     "MLP",
     "Activation",
+    "EmpiricalDNTK",
     "Kernel",
     "Measurement",
     "NTK",
@@ -76,6 +78,7 @@ __all__ = [
     "critical_line",
     "critical_point",
     "criticality",
+    "empirical_dntk",
     "empirical_ntk",
     "kernel",
     "learning_rates",

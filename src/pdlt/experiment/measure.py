@@ -59,6 +59,9 @@ ESTIMATORS: Mapping[str, str] = MappingProxyType(
         "V": "pdlt.experiment.finite_width:FiniteWidthEstimator",
         "Theta": "pdlt.experiment.ntk:ThetaEstimator",
         "ntk_fluctuations": "pdlt.experiment.ntk:NTKFluctuationEstimator",
+        "dntk": "pdlt.experiment.dntk:DNTKEstimator",
+        "ddntk": "pdlt.experiment.dntk:DDNTKEstimator",
+        "Theta1": "pdlt.experiment.dntk:Theta1Estimator",
     }
 )
 
