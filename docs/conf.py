@@ -82,7 +82,7 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     "show_memory": False,
     "matplotlib_animations": False,
-    "plot_gallery": os.environ.get("PDLT_DOCS_PLOT_GALLERY", "True"),
+    "plot_gallery": "True",  # docs/build.sh passes -D plot_gallery=False to skip
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
     "reset_modules": ("matplotlib", "seaborn"),
