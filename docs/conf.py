@@ -43,7 +43,6 @@ autosummary_generate = True
 autosummary_imported_members = True
 autodoc_typehints = "none"  # the signature line shows annotations; numpydoc shows the prose
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": False}
 
 # pdlt's docstrings follow numpydoc sections but write parameters as ``name:`` (no type) and
 # group related names (``C_b, C_W:``); render them as written rather than validate them.
@@ -63,7 +62,16 @@ html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
     "navigation_with_keys": False,
-    "secondary_sidebar_items": ["page-toc"],
+    # one-object API pages and gallery pages need the width more than an "On this page" box
+    "secondary_sidebar_items": {
+        "index": ["page-toc"],
+        "notation": ["page-toc"],
+        "chapters": ["page-toc"],
+        "guide/*": ["page-toc"],
+        "api/*": ["page-toc"],
+        "api/generated/**": [],
+        "auto_examples/**": ["sg_download_links"],
+    },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }

@@ -103,7 +103,36 @@ def escape_norm_bars(app, what, name, obj, options, lines: list[str]) -> None:
             literal_indent = indent
 
 
+_LIST_SECTIONS = {"Parameters", "Other Parameters", "Attributes", "Returns", "Yields", "Raises"}
+_ENTRY = re.compile(r"^(?P<names>[A-Za-z_*][\w*]*(?:\s*,\s*[A-Za-z_*][\w*]*)*):$")
+
+
+def strip_entry_colons(app, what, name, obj, options, lines: list[str]) -> None:
+    """pdlt's docstrings head each numpydoc entry ``name:`` (no type); numpydoc expects
+    ``name`` or ``name : type`` and would print the colon. Drop it inside list sections."""
+    section = None
+    for i, line in enumerate(lines):
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if nxt and set(nxt) == {"-"} and line.strip():
+            section = line.strip()
+            continue
+        if section in _LIST_SECTIONS and line and not line[0].isspace():
+            m = _ENTRY.match(line.rstrip())
+            if m:
+                lines[i] = m.group("names")
+
+
+def skip_sklearn_routing(app, what, name, obj, skip, options):
+    """scikit-learn adds ``set_{method}_request`` (metadata routing) to every estimator class;
+    they are sklearn's, documented there, and their docstrings point into sklearn's glossary."""
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
 def setup(app):
+    app.connect("autodoc-skip-member", skip_sklearn_routing)
+    app.connect("autodoc-process-docstring", strip_entry_colons, priority=300)
     app.add_directive("pdlt-result-types", ResultTypes)
     # before numpydoc (priority 500) turns the sections into reST
     app.connect("autodoc-process-docstring", escape_norm_bars, priority=400)
