@@ -70,7 +70,7 @@ html_theme_options = {
         "guide/*": ["page-toc"],
         "api/*": ["page-toc"],
         "api/generated/**": [],
-        "auto_examples/**": ["sg_download_links"],
+        "auto_examples/**": [],  # the download links are at the foot of each example
     },
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],

@@ -57,7 +57,7 @@ for ax in axes:
     ax.set_xlabel("C_W")
     ax.text(0.7, 0.3, "ordered", color="k", fontsize=11)
     ax.text(2.3, 0.08, "chaotic", color="w", fontsize=11)
-axes[0].set(ylabel="C_b", title="theory: fixed-point correlation c*")
+axes[0].set(ylabel="C_b", ylim=(0.05, 0.4), title="theory: fixed-point correlation c*")
 axes[1].set(title=f"measured: ρ⁽{depth}⁾, {n_networks} networks, n = {width}")
 axes[0].legend(loc="upper right", fontsize=8)
 fig.colorbar(mesh, ax=axes, label="correlation")
