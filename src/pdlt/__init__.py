@@ -27,6 +27,7 @@ from pdlt.theory.criticality import (
     phase_diagram,
     universality_class,
 )
+from pdlt.theory.dntk import DNTKStatistics, NTKCorrection, dntk, ntk_correction
 from pdlt.theory.kernel import Kernel, kernel
 from pdlt.theory.learning import (
     BiasVariance,
@@ -48,6 +49,10 @@ from pdlt.theory.vertex import (
 )
 
 __all__ = [
+    "DNTKStatistics",
+    "NTKCorrection",
+    "dntk",
+    "ntk_correction",
     "BiasVariance",
     "NNGPRegressor",
     "NTKRegressor",

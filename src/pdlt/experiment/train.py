@@ -32,6 +32,7 @@ from pdlt import _validation
 from pdlt.experiment.ensemble import (
     BLOCK,
     DEFAULT_MAX_MEMORY,
+    Chunk,
     check_ensemble_args,
     draw_parameters,
     progress_bar,
@@ -39,6 +40,7 @@ from pdlt.experiment.ensemble import (
     resolve_device,
     resolve_dtype,
 )
+from pdlt.experiment.ntk import chunk_ntk
 from pdlt.network import MLP, validate_inputs
 
 Tensor = torch.Tensor
@@ -80,6 +82,10 @@ class TrainedEnsemble:
         (M,) networks whose loss became non-finite; their later entries are NaN.
     net, learning_rate, loss, seed, antithetic:
         What was trained and how.
+    ntk:
+        With ``record_ntk=True``: (R, M, N, N) the output-layer NTK on the training inputs at
+        each recorded step, averaged over the diagonal output neurons, (1/n_L) Σ_i Ĥ_{ii;δ1δ2}
+        (the part with a nonzero mean, book §8.0); else None.
     """
 
     steps: np.ndarray
@@ -92,6 +98,7 @@ class TrainedEnsemble:
     loss: str
     seed: int
     antithetic: bool = False
+    ntk: np.ndarray | None = None
 
     @property
     def n_networks(self) -> int:
@@ -131,6 +138,17 @@ class TrainedEnsemble:
         if self.antithetic and not self.diverged.any():
             q = 0.5 * (q[0::2] + q[1::2])
         return q.mean(0), q.std(0, ddof=1) / math.sqrt(q.shape[0])
+
+    def ntk_change(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The mean change of the NTK during training, E[Ĥ(t) − Ĥ(0)] on the training inputs,
+        and its standard error across networks (representation learning, book ch. 11, ∞):
+        (N, N) each. Needs ``record_ntk=True``."""
+        if self.ntk is None:
+            raise ValueError("this ensemble was trained without record_ntk=True")
+        d = (self.ntk[self._index(step)] - self.ntk[0])[~self.diverged]
+        if d.shape[0] < 2:
+            raise ValueError("fewer than 2 networks trained without diverging; no statistics")
+        return d.mean(axis=0), d.std(axis=0, ddof=1) / np.sqrt(d.shape[0])
 
     def covariance(self, step: int | None = None, output: int = 0) -> np.ndarray:
         """Ensemble covariance over test inputs (N_test, N_test) of one output."""
@@ -196,6 +214,19 @@ def _forward(net: MLP, Ws: list[Tensor], bs: list[Tensor], x: Tensor) -> Tensor:
     return h
 
 
+def _output_ntk(net: MLP, Ws: list[Tensor], bs: list[Tensor], x: Tensor) -> Tensor:
+    """(1/n_L) Σ_i Ĥ^{(L)}_{ii;δ1δ2} of B networks on inputs x (n_0, N), float64 (B, N, N), from
+    their layer structure (:func:`pdlt.experiment.ntk.chunk_ntk`)."""
+    zs, h = [], x
+    for ell, (W, b) in enumerate(zip(Ws, bs, strict=True)):
+        z = torch.baddbmm(b, W, h) if h.ndim == 3 else torch.matmul(W, h) + b
+        zs.append(z)
+        h = net.activation(z) if ell < net.depth - 1 else z
+    chunk = Chunk(z=tuple(zs), W=tuple(Ws), b=tuple(bs), x=x, start=0)
+    H = chunk_ntk(net, chunk)  # (B, n_L, n_L, N, N)
+    return torch.diagonal(H, dim1=1, dim2=2).mean(-1).to(torch.float64)
+
+
 def _loss_per_network(z: Tensor, y: Tensor, loss: str) -> Tensor:
     """L_A of each network (B,), summed over samples (book §7.1). z: (B, n_L, N), y: (n_L, N)."""
     if loss == "mse":
@@ -235,6 +266,7 @@ def train_ensemble(
     max_memory: int = DEFAULT_MAX_MEMORY,
     threads: int | None = 1,
     progress: bool | None = None,
+    record_ntk: bool = False,
 ) -> TrainedEnsemble:
     """Train ``n_networks`` networks of ``net`` on (X, y) by full-batch gradient descent with the
     book's per-layer learning rates η·λ_b and η·λ_W/n_{ℓ−1} (book §7.1, §8.0).
@@ -271,6 +303,9 @@ def train_ensemble(
         an idle many-core machine.
     progress:
         Progress bar over steps × chunks (default: only on a terminal).
+    record_ntk:
+        Also record the output-layer NTK on the training inputs at the recorded steps
+        (:attr:`TrainedEnsemble.ntk`, :meth:`TrainedEnsemble.ntk_change`).
 
     Returns
     -------
@@ -315,6 +350,7 @@ def train_ensemble(
     B = min(_chunk_size(net, x.shape[0] + xt.shape[0], dtype, max_memory), n_draw)
     R, M = len(rec), n_networks
     preds = np.full((R, M, xt.shape[0], net.output_dim), np.nan)
+    ntks = np.full((R, M, x.shape[0], x.shape[0]), np.nan) if record_ntk else None
     losses = np.full((R, M), np.nan)
     accs = np.full((R, M), np.nan) if classify else None
     diverged = np.zeros(M, dtype=bool)
@@ -350,6 +386,9 @@ def train_ensemble(
                             losses[r, lo:hi][keep] = per_net.detach().cpu().numpy()[keep]
                             if classify:
                                 accs[r, lo:hi][keep] = _accuracy(z, ya).cpu().numpy()[keep]
+                            if record_ntk:
+                                H = _output_ntk(net, Ws, bs, xa).cpu().numpy()
+                                ntks[r, lo:hi][keep] = H[keep]
                         r += 1
                     if step == steps:
                         break
@@ -381,4 +420,5 @@ def train_ensemble(
         loss=loss,
         seed=int(seed),
         antithetic=bool(antithetic),
+        ntk=ntks,
     )

@@ -214,6 +214,11 @@ class LayerMoments:
         """
         return _fluctuation_terms(self)
 
+    @cached_property
+    def local(self) -> LocalRules:
+        """The 1-D rule of every input and 2-D rule of every pair (:class:`LocalRules`)."""
+        return LocalRules(self)
+
 
 def _first_derivatives(act: Activation, K: Tensor, dd: Tensor, zds: Tensor) -> KernelMapDerivatives:
     d = torch.diagonal(K)
@@ -227,79 +232,124 @@ def _first_derivatives(act: Activation, K: Tensor, dd: Tensor, zds: Tensor) -> K
     return KernelMapDerivatives(cross=dd, diag=diag, self_=self_)
 
 
-def _fluctuation_terms(m: LayerMoments) -> dict[str, Tensor]:
-    act, K, N = m.act, m.K, m.N
-    s = torch.sqrt(torch.clamp(torch.diagonal(K), min=0.0))
-    if float(s.min()) <= 0.0:
-        raise ValueError(
-            f"ntk_fluctuations: an input has zero variance at layer {m.layer} (K_αα = 0); its "
-            "fluctuations are degenerate. Use inputs with C_b > 0 or x ≠ 0."
-        )
-    q = nodes_per_piece(float(s.max()))
-    P4 = torch.zeros((N,) * 4, dtype=DTYPE)
-    out = {"P_ss": P4, "P_dd": P4.clone(), "P1": torch.zeros((N,) * 3, dtype=DTYPE)}
-    four = {key: torch.empty((N,) * 4, dtype=DTYPE) for key in ("ssss", "ddss", "dddd")}
-    # single inputs: 1-D rules
-    ar = torch.arange(N)
-    rule = split_rule(K[ar, ar][:, None, None], act.kinks, q, with_inverse=True)
-    sv, dv = act(rule.z[..., 0]), act.d1(rule.z[..., 0])
-    for key, v in (("P_ss", sv * sv), ("P_dd", dv * dv)):
-        out[key][ar, ar, ar, ar] = rule.projection(v, 2)[:, 0, 0]
-    out["P1"][ar, ar, ar] = rule.projection(dv * sv, 1)[:, 0]
-    for key in four:
-        g = [sv if c == "s" else dv for c in key]
-        four[key][ar, ar, ar, ar] = rule.mean(g[0] * g[1] * g[2] * g[3])
-    # pairs a < b: 2-D rules
-    ia, ib = torch.triu_indices(N, N, offset=1)
-    if ia.numel():
-        sub = K[torch.stack([ia, ib], 1)[:, :, None], torch.stack([ia, ib], 1)[:, None, :]]
-        rho = sub[:, 0, 1] / torch.sqrt(sub[:, 0, 0] * sub[:, 1, 1])
-        if float((1 - rho * rho).min()) < 1e-12:
-            worst = float(rho[torch.argmax(rho.abs())])
+class LocalRules:
+    """The kink-split rule of every input (1-D) and of every pair of inputs (2-D) of one layer's
+    kernel, with the node values of σ and its derivatives: everything that depends on at most
+    two inputs — two-point means, Stein projections of any order, four-point functions over ≤ 2
+    distinct inputs — is a weighted sum over these nodes (exact for kinked σ through Stein's
+    lemma). The projections need an invertible 2×2 block per pair."""
+
+    def __init__(self, m: LayerMoments) -> None:
+        act, K, N = m.act, m.K, m.N
+        s = torch.sqrt(torch.clamp(torch.diagonal(K), min=0.0))
+        if float(s.min()) <= 0.0:
             raise ValueError(
-                f"ntk_fluctuations: two inputs are (nearly) parallel at layer {m.layer} "
-                f"(correlation {worst:.8f}); the fluctuation recursions need an invertible "
-                "kernel. Use linearly independent inputs or fewer layers."
+                f"an input has zero variance at layer {m.layer} (K_αα = 0): the O(1/n) NTK "
+                "statistics are degenerate there. Use inputs with C_b > 0 or x ≠ 0."
             )
-        # inputs far from parallel (checked above): no shadow cuts needed
-        rule = split_rule(sub, act.kinks, q, with_inverse=True, shadows=False)
-        sv, dv = act(rule.z), act.d1(rule.z)  # (P, m, 2)
-        ix = torch.stack([ia, ib], 1)  # (P, 2)
-        for key, v in (("P_ss", sv[..., 0] * sv[..., 1]), ("P_dd", dv[..., 0] * dv[..., 1])):
-            proj = rule.projection(v, 2)  # (P, 2, 2) over (β1, β2) ∈ {a, b}²
-            for i in range(2):
-                for j in range(2):
-                    out[key][ia, ib, ix[:, i], ix[:, j]] = proj[:, i, j]
-                    out[key][ib, ia, ix[:, i], ix[:, j]] = proj[:, i, j]
-        for first, second in ((0, 1), (1, 0)):
-            proj = rule.projection(dv[..., first] * sv[..., second], 1)  # (P, 2)
-            for i in range(2):
-                out["P1"][ix[:, first], ix[:, second], ix[:, i]] = proj[:, i]
-        # four-point entries over the two inputs of each pair: every slot a or b
-        for key in four:
-            g = [sv if c == "s" else dv for c in key]
-            block = torch.einsum("tm,tmi,tmj,tmk,tml->tijkl", rule.w, *g)  # (P, 2, 2, 2, 2)
-            i, j, k, l_ = (
+        q = nodes_per_piece(float(s.max()))
+        self.act, self.K, self.N, self.tol = act, K, N, m.tol
+        ar = torch.arange(N)
+        self.single = split_rule(K[ar, ar][:, None, None], act.kinks, q, with_inverse=True)
+        ia, ib = torch.triu_indices(N, N, offset=1)
+        self.ix = torch.stack([ia, ib], 1)  # (P, 2)
+        self.pair = None
+        if ia.numel():
+            sub = K[self.ix[:, :, None], self.ix[:, None, :]]
+            rho = sub[:, 0, 1] / torch.sqrt(sub[:, 0, 0] * sub[:, 1, 1])
+            if float((1 - rho * rho).min()) < 1e-12:
+                worst = float(rho[torch.argmax(rho.abs())])
+                raise ValueError(
+                    f"two inputs are (nearly) parallel at layer {m.layer} (correlation "
+                    f"{worst:.8f}); the O(1/n) NTK recursions need an invertible kernel. Use "
+                    "linearly independent inputs or fewer layers."
+                )
+            # inputs far from parallel (checked above): no shadow cuts needed
+            self.pair = split_rule(sub, act.kinks, q, with_inverse=True, shadows=False)
+        self._values: dict[int, tuple[Tensor, Tensor | None]] = {}
+
+    def values(self, order: int) -> tuple[Tensor, Tensor | None]:
+        """σ^{(order)} at the nodes: (N, m) single-input and (P, m, 2) pair values."""
+        if order not in self._values:
+            f = self.act.derivative(order)
+            self._values[order] = (
+                f(self.single.z[..., 0]),
+                f(self.pair.z) if self.pair is not None else None,
+            )
+        return self._values[order]
+
+    def mean(self, fa: int, fb: int) -> Tensor:
+        """⟨σ^{(fa)}(z_a) σ^{(fb)}(z_b)⟩ for all (a, b), (N, N)."""
+        N, ix = self.N, self.ix
+        out = torch.empty((N, N), dtype=DTYPE)
+        (sa, pa), (sb, pb) = self.values(fa), self.values(fb)
+        ar = torch.arange(N)
+        out[ar, ar] = self.single.mean(sa * sb)
+        if self.pair is not None:
+            out[ix[:, 0], ix[:, 1]] = self.pair.mean(pa[..., 0] * pb[..., 1])
+            out[ix[:, 1], ix[:, 0]] = self.pair.mean(pa[..., 1] * pb[..., 0])
+        return out
+
+    def projection(self, fa: int, fb: int, order: int) -> Tensor:
+        """⟨∂_β1⋯∂_βk (σ^{(fa)}(z_a) σ^{(fb)}(z_b))⟩ as a dense (N, N, N^k) tensor, k =
+        ``order`` ∈ {1, 2, 4}; zero unless every β is a or b (book §4.3's Gaussian projections,
+        eq. 4.119's ⟨σσ(zz − K)⟩ for k = 2)."""
+        N, ix = self.N, self.ix
+        out = torch.zeros((N, N) + (N,) * order, dtype=DTYPE)
+        (sa, pa), (sb, pb) = self.values(fa), self.values(fb)
+        ar = torch.arange(N)
+        out[(ar, ar) + (ar,) * order] = self.single.projection(sa * sb, order).reshape(N, -1)[:, 0]
+        if self.pair is not None:
+            for first, second in ((0, 1), (1, 0)):
+                proj = self.pair.projection(pa[..., first] * pb[..., second], order)  # (P,2,…)
+                beta = torch.cartesian_prod(*[torch.arange(2)] * order).reshape(-1, order)
+                flat = proj.reshape(proj.shape[0], -1)  # (P, 2^order)
+                for c, combo in enumerate(beta):
+                    idx = (ix[:, first], ix[:, second]) + tuple(ix[:, int(j)] for j in combo)
+                    out[idx] = flat[:, c]
+        return out
+
+    def four_point(self, orders: tuple[int, int, int, int]) -> Tensor:
+        """⟨σ^{(o1)}_a σ^{(o2)}_b σ^{(o3)}_c σ^{(o4)}_d⟩ for all (a, b, c, d), (N, N, N, N): entries
+        over ≤ 2 distinct inputs from the local rules, the rest by
+        :func:`pdlt.gaussian.expect_product`, computed once per class of index tuples that the
+        symmetry of equal slot functions identifies."""
+        N, ix = self.N, self.ix
+        out = torch.empty((N,) * 4, dtype=DTYPE)
+        vals = [self.values(o) for o in orders]
+        ar = torch.arange(N)
+        out[ar, ar, ar, ar] = self.single.mean(vals[0][0] * vals[1][0] * vals[2][0] * vals[3][0])
+        if self.pair is not None:
+            g = [v[1] for v in vals]
+            block = torch.einsum("tm,tmi,tmj,tmk,tml->tijkl", self.pair.w, *g)  # (P, 2, 2, 2, 2)
+            out[
                 ix[:, :, None, None, None],
                 ix[:, None, :, None, None],
                 ix[:, None, None, :, None],
                 ix[:, None, None, None, :],
-            )
-            four[key][i, j, k, l_] = block
-    if N >= 3:
-        index = torch.cartesian_prod(*[torch.arange(N)] * 4)
-        distinct = (torch.sort(index, dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1
-        many = index[distinct >= 3]
-        f = {"s": act.fn, "d": act.d1}
-        for key in four:
-            if key == "ddss":  # symmetric within slots (1, 2) and within (3, 4)
-                canon = torch.cat(
-                    [torch.sort(many[:, :2], 1).values, torch.sort(many[:, 2:], 1).values], 1
-                )
-            else:  # fully symmetric
-                canon = torch.sort(many, dim=1).values
+            ] = block
+        if N >= 3:
+            index = torch.cartesian_prod(*[torch.arange(N)] * 4)
+            distinct = (torch.sort(index, dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1
+            many = index[distinct >= 3]
+            canon = many.clone()
+            for o in set(orders):  # slots with the same function are interchangeable
+                slots = [j for j, oj in enumerate(orders) if oj == o]
+                canon[:, slots] = torch.sort(many[:, slots], dim=1).values
             uniq, inverse = torch.unique(canon, dim=0, return_inverse=True)
-            vals = expect_product([f[c] for c in key], K, uniq, kinks=act.kinks, tol=m.tol)
-            four[key][many[:, 0], many[:, 1], many[:, 2], many[:, 3]] = vals[inverse]
-    out.update(four)
-    return out
+            fns = [self.act.derivative(o) for o in orders]
+            vals4 = expect_product(fns, self.K, uniq, kinks=self.act.kinks, tol=self.tol)
+            out[many[:, 0], many[:, 1], many[:, 2], many[:, 3]] = vals4[inverse]
+        return out
+
+
+def _fluctuation_terms(m: LayerMoments) -> dict[str, Tensor]:
+    loc = m.local
+    return {
+        "P_ss": loc.projection(0, 0, 2),
+        "P_dd": loc.projection(1, 1, 2),
+        "P1": loc.projection(1, 0, 1),
+        "ssss": loc.four_point((0, 0, 0, 0)),
+        "ddss": loc.four_point((1, 1, 0, 0)),
+        "dddd": loc.four_point((1, 1, 1, 1)),
+    }

@@ -179,10 +179,37 @@ class SplitRule:
         if self.K_inv is None:
             raise ValueError("Stein projections need invertible kernels")
         y = torch.einsum("tij,tmj->tmi", self.K_inv, self.z)
+        wv = self.w * values
         if order == 1:
-            return torch.einsum("tm,tm,tmb->tb", self.w, values, y)
-        p2 = y[..., :, None] * y[..., None, :] - self.K_inv[:, None]
-        return torch.einsum("tm,tm,tmbc->tbc", self.w, values, p2)
+            return torch.einsum("tm,tmb->tb", wv, y)
+        Ki = self.K_inv[:, None]  # (t, 1, d, d)
+        yy = y[..., :, None] * y[..., None, :]
+        if order == 2:
+            return torch.einsum("tm,tmbc->tbc", wv, yy - Ki)
+        if order != 4:
+            raise ValueError(f"projection order must be 1, 2 or 4, got {order}")
+        # Hermite tensor of order 4: y⁴ − Σ_6 K⁻¹yy + Σ_3 K⁻¹K⁻¹ (all pairings of β1…β4)
+        m4 = torch.einsum("tm,tmab,tmcd->tabcd", wv, yy, yy)
+        m2 = torch.einsum("tm,tmab->tab", wv, yy)
+        m0 = wv.sum(1)
+        Kt = self.K_inv
+        h = m4.clone()
+        for (a, b), (c, d) in (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))):
+            # the pairing {ab}{cd}: −K^{ab}⟨y_c y_d⟩ − K^{cd}⟨y_a y_b⟩ + K^{ab}K^{cd}⟨1⟩
+            pair = torch.einsum("tab,tcd->tabcd", Kt, Kt)
+            term = (
+                -torch.einsum("tab,tcd->tabcd", Kt, m2)
+                - torch.einsum("tab,tcd->tabcd", m2, Kt)
+                + pair * m0[:, None, None, None, None]
+            )
+            h = h + _to_slots(term, (a, b, c, d))
+        return h
+
+
+def _to_slots(t: Tensor, slots: tuple[int, int, int, int]) -> Tensor:
+    """A (t, d, d, d, d) tensor built with axes (a, b, c, d) = slots moved to β1…β4 order."""
+    order = [0] + [1 + slots.index(k) for k in range(4)]
+    return t.permute(*order)
 
 
 def cholesky(K: Tensor) -> Tensor:

@@ -63,13 +63,17 @@ class Recursion:
     second_order:
         Whether ``step`` needs second derivatives of the kernel map (then
         ``moments.derivatives`` carries them, computed once with the first).
+    reads_current:
+        Whether ``step`` also reads fields of layer ℓ+1 computed by the recursions it
+        requires; it is then called as ``step(net, layer, prev, moments, current)``.
     """
 
     name: str
     first: Callable[[MLP, Tensor], dict[str, Tensor]]
-    step: Callable[[MLP, int, LayerState, LayerMoments], dict[str, Tensor]]
+    step: Callable[..., dict[str, Tensor]]
     requires: tuple[Recursion, ...] = field(default=())
     second_order: bool = False
+    reads_current: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,10 @@ def propagate(
         m = LayerMoments(net.activation, prev.K, tol=tol, layer=layer - 1, second_order=second)
         values = {}
         for r in order:
-            values.update(r.step(net, layer, prev, m))
+            if r.reads_current:
+                values.update(r.step(net, layer, prev, m, LayerState(layer, dict(values))))
+            else:
+                values.update(r.step(net, layer, prev, m))
         states.append(LayerState(layer, values))
         if keep_moments:
             kept.append(m)
