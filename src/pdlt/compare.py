@@ -265,8 +265,10 @@ def _hidden_width(width: int | MLP) -> float:
     if isinstance(width, MLP):
         hidden = width.widths[1:-1]
         return float(min(hidden)) if hidden else float(width.widths[0])
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-        raise TypeError(f"width must be a positive int or an MLP, got {width!r}")
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
+        raise TypeError(f"width must be an int or an MLP, got {width!r}")
+    if width < 1:
+        raise ValueError(f"width must be ≥ 1, got {width}")
     return float(width)
 
 
