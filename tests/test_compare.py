@@ -88,3 +88,32 @@ def test_wrong_argument_types(ms):
         pdlt.compare(th, th)
     with pytest.raises(TypeError, match="first argument must be a theory result"):
         pdlt.compare(ms, ms)
+
+
+def test_agreement_rule_is_k_errors_plus_the_neglected_order():
+    """|measured − theory| ≤ k·error + c·(ℓ/n)^p·scale, scale = max|theory| of the layer."""
+    from pdlt.compare import ALLOWANCES, agreement, allowance, comparison_frame
+
+    th = pdlt.kernel(NET, X)  # hand-made "measurements": theory + a chosen gap
+    tab = comparison_frame("K", np.repeat([1, 2, 3], 3), th.K[:, [0, 0, 1], [0, 1, 1]].ravel(),
+                           0.0, 0.01)  # fmt: skip
+    n = 8
+    scale = np.repeat(np.abs(th.K).max(axis=(1, 2)), 3)  # K is PSD: its max is on the diagonal
+    bound = 4 * 0.01 + ALLOWANCES["K"].c * tab.layer / n * scale
+    np.testing.assert_allclose(allowance(tab, n), bound)
+    inside = tab.assign(measured=tab.theory + 0.999 * bound)
+    outside = tab.assign(measured=tab.theory - 1.001 * bound)
+    assert agreement(inside, n).all() and not agreement(outside, n).any()
+    assert agreement(inside, NET).all()  # an MLP gives its hidden width
+    # the next-to-leading metric G neglects O(1/n²): (ℓ/n)² with c = 1
+    g = tab.assign(statistic="G")
+    np.testing.assert_allclose(allowance(g, n), 4 * 0.01 + (tab.layer / n) ** 2 * scale)
+    # an explicit scale column replaces max|theory|
+    s = tab.assign(statistic="correlation", scale=0.5)
+    np.testing.assert_allclose(allowance(s, n), 0.04 + 3 * tab.layer / n * 0.5)
+    with pytest.raises(ValueError, match="no agreement rule"):
+        agreement(tab.assign(statistic="nope"), n)
+    with pytest.raises(ValueError, match="width must be ≥ 1"):
+        agreement(tab, 0)
+    with pytest.raises(TypeError, match="width must be an int"):
+        agreement(tab, 8.0)

@@ -29,4 +29,4 @@ def test_cli_ntk():
     res = CliRunner().invoke(app, ["ntk", "tanh", "--C-W", "0.5", "--depth", "4"])
     assert res.exit_code == 0 and "vanishing" in res.output and "numerical" in res.output
     res = CliRunner().invoke(app, ["ntk", "tanh", "--C-W", "-1"])
-    assert res.exit_code != 0 and "C-W" in res.output
+    assert res.exit_code == 2 and "C_W must be > 0" in res.output

@@ -37,4 +37,4 @@ def test_cli_rejects_bad_options(tmp_path):
     res = runner.invoke(app, ["report", "--activation", "nope", "--out", str(tmp_path)])
     assert res.exit_code != 0 and "unknown activation" in res.output
     res = runner.invoke(app, ["report", "--C-W", "-1", "--out", str(tmp_path)])
-    assert res.exit_code != 0 and "C-W" in res.output
+    assert res.exit_code == 2 and "C_W must be > 0" in res.output

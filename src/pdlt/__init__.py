@@ -12,7 +12,7 @@ of real PyTorch networks, and compare the two.
 """
 
 from pdlt.activations import Activation, activation
-from pdlt.compare import compare
+from pdlt.compare import agreement, compare
 from pdlt.experiment.dntk import EmpiricalDNTK, empirical_dntk
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.experiment.ntk import empirical_ntk
@@ -79,6 +79,7 @@ __all__ = [
     "NTK",
     "NTKFluctuations",
     "activation",
+    "agreement",
     "compare",
     "critical_line",
     "critical_point",

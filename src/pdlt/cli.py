@@ -1,11 +1,18 @@
-"""The ``pdlt`` command."""
+"""The ``pdlt`` command: options → library → ``to_frame()`` printed as a table.
+
+The library validates every value; a ValueError or TypeError from it (or an OSError from a path)
+is printed as one line ``Error: …`` with exit code 2, never as a traceback.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -16,27 +23,46 @@ app = typer.Typer(
     help="The Principles of Deep Learning Theory, computed and checked on real networks.",
 )
 console = Console()
+_STATUS_STYLE = {"ok": "green", "CHECK": "red"}
 
 
-def _checked_activation(activation: str, C_W: float | None, C_b: float | None):
-    """The Activation named on the command line, with --C-W/--C-b checked, or a usage error."""
-    from pdlt.activations import activation as make_activation
-
+@contextmanager
+def _library_errors() -> Iterator[None]:
+    """Bad input found by the library → one line on stderr and exit code 2."""
     try:
-        act = make_activation(activation)
-        if C_W is not None and C_W <= 0:
-            raise ValueError(f"--C-W must be > 0, got {C_W}")
-        if C_b is not None and C_b < 0:
-            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return act
+        yield
+    except (ValueError, TypeError, OSError) as exc:
+        typer.echo(f"Error: {exc}", err=True)  # one line, unwrapped
+        raise typer.Exit(2) from None
+
+
+def _print_frame(df: pd.DataFrame, title: str, *, digits: int = 10) -> None:
+    """A DataFrame as a rich table: floats to ``digits`` significant figures, a ``status``
+    column coloured."""
+    tab = Table(title=title)
+    for col in df.columns:
+        tab.add_column(str(col))
+    for row in df.itertuples(index=False):
+        cells = []
+        for col, v in zip(df.columns, row, strict=True):
+            text = f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+            style = _STATUS_STYLE.get(text) if col == "status" else None
+            cells.append(f"[{style}]{text}[/{style}]" if style else text)
+        tab.add_row(*cells)
+    console.print(tab)
+
+
+def _print_record(df: pd.DataFrame, title: str, *, digits: int = 10) -> None:
+    """A one-row DataFrame (a result's ``to_frame()``) as quantity/value rows, None left out."""
+    row = df.iloc[0]
+    items = [(k, v) for k, v in row.items() if v is not None and not (isinstance(v, str) and not v)]
+    _print_frame(pd.DataFrame(items, columns=["quantity", "value"]), title, digits=digits)
 
 
 @app.command()
 def report(
     activation: Annotated[str, typer.Option(help="Built-in activation name.")] = "tanh",
-    depth: Annotated[int, typer.Option(min=2, help="Number of weight layers L.")] = 10,
+    depth: Annotated[int, typer.Option(help="Number of weight layers L (≥ 2).")] = 10,
     width: Annotated[
         list[int] | None, typer.Option(help="Hidden width to sample at; repeat for several.")
     ] = None,
@@ -44,9 +70,12 @@ def report(
         float | None,
         typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
     ] = None,
-    C_b: Annotated[float, typer.Option("--C-b", help="Bias variance C_b.")] = 0.0,
-    n_networks: Annotated[int, typer.Option(min=2, help="Networks per ensemble.")] = 1000,
-    seed: Annotated[int, typer.Option(min=0)] = 0,
+    C_b: Annotated[
+        float | None,
+        typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
+    ] = None,
+    n_networks: Annotated[int, typer.Option(help="Networks per ensemble (≥ 2).")] = 1000,
+    seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("pdlt-report"),
     quick: Annotated[bool, typer.Option(help="Small ensembles, for a fast look.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -54,31 +83,22 @@ def report(
     """Compute the theory, measure real networks, and write an HTML report."""
     from pdlt.report import ReportConfig, build_report
 
-    _checked_activation(activation, C_W, C_b)
-    widths = tuple(width) if width else (32, 256)
-    if any(w < 1 for w in widths):
-        raise typer.BadParameter(f"--width must be ≥ 1, got {list(widths)}")
-    config = ReportConfig(
-        activation=activation,
-        depth=depth,
-        widths=widths,
-        C_W=C_W,
-        C_b=C_b,
-        n_networks=n_networks,
-        seed=seed,
-        quick=quick,
-        out=out,
-        device=device,
-    )
     t0 = time.perf_counter()
-    result = build_report(config)
-    tab = Table(title=f"pdlt report ({time.perf_counter() - t0:.0f} s)")
-    for col in ("section", "check", "value", "status"):
-        tab.add_column(col)
-    for row in result.summary.itertuples(index=False):
-        style = "green" if row.status == "ok" else "red"
-        tab.add_row(row.section, row.check, row.value, f"[{style}]{row.status}[/{style}]")
-    console.print(tab)
+    with _library_errors():
+        config = ReportConfig(
+            activation=activation,
+            depth=depth,
+            widths=tuple(width) if width else (32, 256),
+            C_W=C_W,
+            C_b=C_b,
+            n_networks=n_networks,
+            seed=seed,
+            quick=quick,
+            out=out,
+            device=device,
+        )
+        result = build_report(config)
+    _print_frame(result.summary, f"pdlt report ({time.perf_counter() - t0:.0f} s)")
     console.print(f"report written to [bold]{result.path.resolve()}[/bold]")
 
 
@@ -93,50 +113,41 @@ def criticality(
     ] = None,
     gains: Annotated[bool, typer.Option(help="Print torch's gains against criticality.")] = True,
 ) -> None:
-    """Critical initialization of ACTIVATION: C_b, C_W, K*, universality class (book ch. 5)."""
+    """Critical initialization of ACTIVATION: C_b, C_W, K*, universality class (book ch. 5,
+    criticality (5.55), the classes of §5.2–5.3)."""
     from pdlt.init import compare_gains
     from pdlt.theory.criticality import critical_point
     from pdlt.theory.criticality import criticality as criticality_at
 
-    act = _checked_activation(activation, C_W, C_b)
-    cp = critical_point(act)
-    tab = Table(title=f"criticality of {act.name} (χ_∥ = χ_⊥ = 1, book §5.2–5.3)")
-    tab.add_column("quantity")
-    tab.add_column("value")
-    for key in (
-        "universality_class C_b C_W K_star stability chi_parallel chi_perp a1 b1 p_perp "
-        "vertex_growth"
-    ).split():
-        value = getattr(cp, key)
-        if value is not None:
-            tab.add_row(key, f"{value:.10g}" if isinstance(value, float) else str(value))
-    console.print(tab)
+    with _library_errors():
+        cp = critical_point(activation)
+        at = None
+        if C_W is not None or C_b is not None:
+            at = criticality_at(activation, C_b or 0.0, C_W if C_W is not None else 1.0)
+    _print_record(
+        cp.to_frame().drop(columns="activation"),
+        f"criticality of {activation} (χ_∥ = χ_⊥ = 1, book §5.2–5.3)",
+    )
     console.print(cp.note)
-    if C_W is not None or C_b is not None:
-        at = criticality_at(act, C_b or 0.0, C_W if C_W is not None else 1.0)
-        one = Table(title=f"at C_b = {at.C_b:g}, C_W = {at.C_W:g}")
-        one.add_column("quantity")
-        one.add_column("value")
-        for key in "phase K_star chi_parallel chi_perp c_star chi_c xi_parallel xi_perp".split():
-            value = getattr(at, key)
-            one.add_row(key, f"{value:.8g}" if isinstance(value, float) else str(value))
-        console.print(one)
+    if at is not None:
+        frame = at.to_frame()[
+            "phase K_star chi_parallel chi_perp c_star chi_c xi_parallel xi_perp".split()
+        ]
+        _print_record(frame, f"at C_b = {at.C_b:g}, C_W = {at.C_W:g}", digits=8)
         if at.note:
             console.print(at.note)
     if gains:
-        df = compare_gains()
-        g = Table(title="torch.nn.init.calculate_gain vs criticality (C_W = gain², C_b = 0)")
-        for col in df.columns:
-            g.add_column(str(col))
-        for row in df.itertuples(index=False):
-            g.add_row(*[f"{v:.6g}" if isinstance(v, float) else str(v) for v in row])
-        console.print(g)
+        _print_frame(
+            compare_gains(),
+            "torch.nn.init.calculate_gain vs criticality (C_W = gain², C_b = 0)",
+            digits=6,
+        )
 
 
 @app.command()
 def ntk(
     activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, relu, …).")],
-    depth: Annotated[int, typer.Option(min=1, help="Number of weight layers L.")] = 10,
+    depth: Annotated[int, typer.Option(help="Number of weight layers L.")] = 10,
     C_W: Annotated[
         float | None, typer.Option("--C-W", help="Weight variance (default: critical).")
     ] = None,
@@ -145,61 +156,30 @@ def ntk(
     ] = None,
 ) -> None:
     """The NTK of ACTIVATION at initialization: gradient criticality and learning-rate scaling
-    (book ch. 8–9), for one input with |x|²/n_0 = 1."""
+    (book ch. 8–9: Θ (9.5), rates (9.94)–(9.96)), for one input with |x|²/n_0 = 1."""
     import numpy as np
 
     from pdlt.network import MLP
-    from pdlt.theory.criticality import critical_point
-    from pdlt.theory.ntk import ntk as ntk_theory
-    from pdlt.theory.ntk_criticality import learning_rates, ntk_criticality
+    from pdlt.report.common import default_setting, learning_rate_scan
+    from pdlt.theory.ntk_criticality import ntk_criticality
 
-    act = _checked_activation(activation, C_W, C_b)
-    cp = critical_point(act)
-    cw = C_W if C_W is not None else (float(cp.C_W) if cp.exists else 1.0)
-    cb = C_b if C_b is not None else (float(cp.C_b) if cp.exists and C_W is None else 0.0)
-    x = np.ones((1, 4))
-    net = MLP(act, depth, 64, 4, C_W=cw, C_b=cb)
-    crit = ntk_criticality(net, x)
+    with _library_errors():
+        cb, cw = default_setting(activation, C_W, C_b)
+        net = MLP(activation, depth, 64, 4, C_W=cw, C_b=cb)
+        crit = ntk_criticality(net, np.ones((1, 4)))
+        # the book's class rule holds at criticality; for a user-given C_W, C_b balance numerically
+        method = "auto" if C_W is None and C_b is None else "numerical"
+        scan = learning_rate_scan(net, sorted({5, 10, 20, 50, 100, depth}), method=method)
     console.print(
-        f"{act.name}, C_W = {cw:.6g}, C_b = {cb:.6g}, depth {depth}: gradients "
+        f"{activation}, C_W = {cw:.6g}, C_b = {cb:.6g}, depth {depth}: gradients "
         f"[bold]{crit.regime}[/bold] (depth scale {crit.depth_scale:.3g} layers)"
     )
-    # the book's class formulas hold at criticality; for a user-given C_W, C_b balance numerically
-    method = "auto" if C_W is None and C_b is None else "numerical"
-
-    def rates(L: int):
-        return learning_rates(act, L, method=method, C_W=cw, C_b=cb)
-
-    try:
-        lr = rates(depth)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    tab = Table(
-        title=f"learning-rate scaling ({lr.universality_class} class, {lr.method} rule; "
-        "book §9.2–9.4)"
+    _print_frame(
+        scan,
+        f"learning-rate scaling ({scan.attrs['universality_class']} class, "
+        f"{scan.attrs['method']} rule; book §9.2–9.4)",
+        digits=4,
     )
-    for col in (
-        "depth L",
-        "Θ^(L), λ = 1",
-        "Θ^(L), scaled λ",
-        "λ_b^(1)",
-        "λ_b^(L)",
-        "λ_W^(1)",
-        "λ_W^(L)",
-    ):
-        tab.add_column(col)
-    for L in sorted({5, 10, 20, 50, 100, depth}):
-        base, r = net.with_(depth=L), rates(L)
-        values = (
-            ntk_theory(base, x).Theta[-1, 0, 0],
-            ntk_theory(r.apply(base), x).Theta[-1, 0, 0],
-            r.lambda_b[0],
-            r.lambda_b[-1],
-            r.lambda_W[0],
-            r.lambda_W[-1],
-        )
-        tab.add_row(str(L), *[f"{v:.4g}" for v in values])
-    console.print(tab)
 
 
 @app.command("phase-diagram")
@@ -211,11 +191,11 @@ def phase_diagram(
         list[int] | None, typer.Option(help="Depth L to train at; repeat (default 4…96).")
     ] = None,
     C_b: Annotated[float, typer.Option("--C-b", help="Bias variance C_b.")] = 0.05,
-    width: Annotated[int, typer.Option(min=1)] = 64,
-    steps: Annotated[int, typer.Option(min=1, help="Gradient-descent steps per network.")] = 300,
+    width: Annotated[int, typer.Option(help="Hidden width n.")] = 64,
+    steps: Annotated[int, typer.Option(help="Gradient-descent steps per network.")] = 300,
     learning_rate: Annotated[float, typer.Option(help="η for the mean loss.")] = 2.0,
-    n_train: Annotated[int, typer.Option(min=2, help="Training examples.")] = 256,
-    networks: Annotated[int, typer.Option(min=1, help="Networks per cell and seed.")] = 2,
+    n_train: Annotated[int, typer.Option(help="Training examples (≥ 2).")] = 256,
+    networks: Annotated[int, typer.Option(help="Networks per cell and seed (≥ 2).")] = 2,
     seeds: Annotated[int, typer.Option(min=1, help="Replicate seeds 0…seeds−1.")] = 1,
     data: Annotated[
         Path | None,
@@ -240,54 +220,47 @@ def phase_diagram(
 
     from pdlt.experiment.trainability import DEFAULT_DEPTHS, trainability
 
-    try:
-        if not 0 < C_W_min <= C_W_max:
+    with _library_errors():
+        if not 0 < C_W_min <= C_W_max:  # the grid's own options (NaN fails here too)
             raise ValueError(f"need 0 < --C-W-min ≤ --C-W-max, got {C_W_min}, {C_W_max}")
-        if C_b < 0:
-            raise ValueError(f"--C-b must be ≥ 0, got {C_b}")
-        if learning_rate <= 0:
-            raise ValueError(f"--learning-rate must be > 0, got {learning_rate}")
-        if scheduler not in ("serial", "processes") and "://" not in scheduler:
-            raise ValueError(
-                f"--scheduler must be serial, processes or tcp://host:port, got {scheduler!r}"
-            )
         X = y = None
         if data is not None:
             with np.load(data) as arrays:
                 if "X" not in arrays or "y" not in arrays:
                     raise ValueError(f"{data} must hold arrays named X and y")
                 X, y = arrays["X"], arrays["y"]
-    except (ValueError, TypeError, OSError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        out.parent.mkdir(parents=True, exist_ok=True)  # before the cells run, not after
     t0 = time.perf_counter()
-    res = trainability(
-        np.linspace(C_W_min, C_W_max, C_W_num).round(4),
-        tuple(depth) if depth else DEFAULT_DEPTHS,
-        X=X,
-        y=y,
-        seeds=range(seeds),
-        store=store,
-        scheduler=scheduler,
-        n_workers=workers,
-        C_b=C_b,
-        width=width,
-        steps=steps,
-        learning_rate=learning_rate,
-        n_train=n_train,
-        n_networks=networks,
+    with _library_errors():
+        res = trainability(
+            np.linspace(C_W_min, C_W_max, C_W_num).round(4),
+            tuple(depth) if depth else DEFAULT_DEPTHS,
+            X=X,
+            y=y,
+            seeds=range(seeds),
+            store=store,
+            scheduler=scheduler,
+            n_workers=workers,
+            C_b=C_b,
+            width=width,
+            steps=steps,
+            learning_rate=learning_rate,
+            n_train=n_train,
+            n_networks=networks,
+        )
+        fig = res.plot()
+        fig.savefig(out, dpi=120, bbox_inches="tight")
+        res.to_frame().to_csv(out.with_suffix(".csv"), index=False)
+    summary = pd.DataFrame(
+        [
+            ("cells", len(res.cells)),
+            ("critical C_W (χ⊥ = 1)", round(res.theory["critical_C_W"], 4)),
+            ("agreement with depth ≤ 6ξ⊥", f"{res.agreement():.0%}"),
+            ("best accuracy", round(float(np.nanmax(res.accuracy)), 3)),
+        ],
+        columns=["quantity", "value"],
     )
-    fig = res.plot()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    res.to_frame().to_csv(out.with_suffix(".csv"), index=False)
-    tab = Table(title=f"trainability phase diagram ({time.perf_counter() - t0:.0f} s)")
-    tab.add_column("quantity")
-    tab.add_column("value")
-    tab.add_row("cells", str(len(res.cells)))
-    tab.add_row("critical C_W (χ⊥ = 1)", f"{res.theory['critical_C_W']:.4f}")
-    tab.add_row("agreement with depth ≤ 6ξ⊥", f"{res.agreement():.0%}")
-    tab.add_row("best accuracy", f"{np.nanmax(res.accuracy):.3f}")
-    console.print(tab)
+    _print_frame(summary, f"trainability phase diagram ({time.perf_counter() - t0:.0f} s)")
     console.print(f"figure written to [bold]{out.resolve()}[/bold]; cells kept in {store}")
 
 
@@ -299,49 +272,52 @@ def _root() -> None:
 @app.command("finite-width")
 def finite_width(
     activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, relu, …).")],
-    depth: Annotated[int, typer.Option(min=2, help="Number of weight layers L.")] = 10,
-    width: Annotated[int, typer.Option(min=1, help="Hidden width n.")] = 100,
+    depth: Annotated[int, typer.Option(help="Number of weight layers L.")] = 10,
+    width: Annotated[int, typer.Option(help="Hidden width n.")] = 100,
     C_W: Annotated[
         float | None,
         typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
     ] = None,
-    C_b: Annotated[float, typer.Option("--C-b", help="Bias variance C_b.")] = 0.0,
-    K1: Annotated[float, typer.Option("--K1", min=0, help="First-layer kernel K^(1) (> 0).")] = 1.0,
+    C_b: Annotated[
+        float | None,
+        typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
+    ] = None,
+    K1: Annotated[
+        float, typer.Option("--K1", help="First-layer kernel K^(1) (> C_b), (5.2).")
+    ] = 1.0,
 ) -> None:
     """Single-input finite-width theory per layer: K, V/K², excess kurtosis 3V/(nK²), and the
-    relative kernel shift K1/(nK) at width n (book §4.2–4.5, §5.4)."""
+    relative kernel shift G1/(nK) at width n (book §4.2–4.5: (4.119), (4.115); §5.4)."""
     import math
 
-    from pdlt.activations import activation as make_activation
-    from pdlt.network import MLP
-    from pdlt.report import ReportConfig
-    from pdlt.report.common import report_C_W
-    from pdlt.theory.vertex import kernel_correction
+    import numpy as np
 
-    try:
-        make_activation(activation)
-        cw = C_W if C_W is not None else report_C_W(ReportConfig(activation=activation))
-        if cw <= 0 or C_b < 0 or K1 <= C_b:
-            raise ValueError(f"need --C-W > 0, --C-b ≥ 0 and --K1 > C_b, got {cw}, {C_b}, {K1}")
-        net = MLP(activation, depth=depth, width=width, input_dim=1, C_W=cw, C_b=C_b)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    kc = kernel_correction(net, [[math.sqrt((K1 - C_b) / cw)]])
-    tab = Table(title=f"{activation}, C_W = {cw:g}, C_b = {C_b:g}, n = {width}, K^(1) = {K1:g}")
-    for col in ("layer", "ℓ/n", "K", "V/K²", "excess kurtosis", "K1/(nK)"):
-        tab.add_column(col)
-    n_prev = net.widths[:-1]
-    for ell in range(depth):
-        K, V, G1 = kc.K[ell, 0, 0], kc.V_pairs[ell, 0, 0], kc.K1[ell, 0, 0]
-        tab.add_row(
-            str(ell + 1),
-            f"{(ell + 1) / n_prev[ell]:.3g}",
-            f"{K:.6g}",
-            f"{V / K**2:.5g}",
-            f"{3 * V / (n_prev[ell] * K**2):.4g}",
-            f"{G1 / (n_prev[ell] * K):+.3e}",
-        )
-    console.print(tab)
+    from pdlt import _validation
+    from pdlt.network import MLP
+    from pdlt.report.common import default_setting
+    from pdlt.theory.vertex import four_point_vertex, kernel_correction
+
+    with _library_errors():
+        cb, cw = default_setting(activation, C_W, C_b)
+        net = MLP(activation, depth=depth, width=width, input_dim=1, C_W=cw, C_b=cb)
+        # K^(1) = C_b + C_W x²/n_0 (5.2): the one input that gives it
+        if _validation.real("K1", K1) <= cb:
+            raise ValueError(f"--K1 must be > C_b = {cb:g} (K^(1) = C_b + C_W x²), got {K1}")
+        x = [[math.sqrt((K1 - cb) / cw)]]
+        fpv, kc = four_point_vertex(net, x), kernel_correction(net, x)
+    frame = pd.DataFrame(
+        {
+            "layer": np.arange(1, depth + 1),
+            "ℓ/n": fpv.effective_depth,
+            "K": kc.K[:, 0, 0],
+            "V/K²": fpv.normalized[:, 0],
+            "excess kurtosis": fpv.excess_kurtosis[:, 0],
+            "G1/(nK)": kc.K1[:, 0, 0] / (fpv.widths * kc.K[:, 0, 0]),
+        }
+    )
+    _print_frame(
+        frame, f"{activation}, C_W = {cw:g}, C_b = {cb:g}, n = {width}, K^(1) = {K1:g}", digits=6
+    )
 
 
 def main() -> None:

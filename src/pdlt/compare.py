@@ -1,7 +1,13 @@
-"""Theory beside measurement: one table, z-scores, and a pass/fail verdict."""
+"""Theory beside measurement: one table, z-scores, and the one agreement rule.
+
+:func:`compare` pairs a theory result with a measurement entry by entry; :func:`agreement`
+decides, for any such table, whether each entry agrees within the statistical error plus the
+size of the order the theory neglects (:data:`ALLOWANCES`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -151,3 +157,158 @@ def compare(
         frame["z_score"], frame["relative"] = z, rel
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+# --- the agreement rule ---------------------------------------------------------------------
+
+K_SIGMA = 4.0  # standard errors allowed: |z| > 4 has probability 6e-5 per Gaussian entry
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """The neglected-order term ``c·(ℓ/n)^power·scale`` of one statistic (see :func:`agreement`).
+
+    ``why`` says which order the theory neglects and where ``c`` comes from.
+    """
+
+    c: float
+    power: int
+    why: str
+
+
+_ONE_OVER_N = (
+    "a 1/n result (a coefficient of 1/n, or a quantity that is itself O(ℓ/n)): the theory is its "
+    "leading order, the neglected term is O(1/n²) in the network, i.e. a relative O(ℓ/n) of the "
+    "1/n result; c = 2 covers the measured next-order coefficients (≈ 1–2 for the book's classes, "
+    "e.g. A at ℓ = 4, n = 32 for ReLU is 14 % ≈ 1.1·ℓ/n above its leading order)"
+)
+_LEADING = (
+    "leading (infinite-width) order: the measured value differs by the 1/n correction, "
+    "e.g. E[zz] = K + G^{1}/n + O(1/n²) (4.104), with |G^{1(ℓ)}| ≲ ℓ·max|K^{(ℓ)}| (5.110)"
+)
+
+#: c and the power of ℓ/n per statistic, for ``|measured − theory| ≤ k·error + c·(ℓ/n)^power·scale``.
+ALLOWANCES: dict[str, Allowance] = {
+    "K": Allowance(1.0, 1, _LEADING),
+    "G": Allowance(
+        1.0,
+        2,
+        "next-to-leading order K + G^{1}/n (4.104), (4.115): the neglected term is O(1/n²), "
+        "of size (ℓ/n)²·K",
+    ),
+    "Theta": Allowance(
+        0.15,
+        1,
+        "leading order Θ = H^{0} (9.4): the neglected mean correction H^{1}/n (9.3) has a "
+        "coefficient ≲ 0.12·ℓ·Θ in the book's classes (measured; tests/test_ntk_mc.py)",
+    ),
+    **{
+        s: Allowance(2.0, 1, _ONE_OVER_N)
+        for s in (
+            "V",
+            "K1",
+            "A",
+            "B",
+            "D",
+            "F",
+            "excess_kurtosis",
+            "kernel_shift",
+            "ntk_relative_variance",
+        )
+    },
+    "correlation": Allowance(
+        3.0,
+        1,
+        "leading order c = K_12/√(K_11 K_22) off criticality: its 1/n correction grows like ℓ/n "
+        "times q = 1 − c (ordered) or c (chaotic), measured n|Δq/q| ≈ 2.5ℓ for GELU ordered at "
+        "C_b = 0.3; pass scale = |q|",
+    ),
+    **{
+        s: Allowance(
+            1.0,
+            1,
+            _LEADING + "; for trained outputs pass layer = L, scale = the "
+            "prediction's largest value (book §10.2, §∞.2)",
+        )
+        for s in ("trained_mean", "trained_variance")
+    },
+}
+
+
+def comparison_frame(
+    statistic: str,
+    layer,
+    theory,
+    measured,
+    error,
+    *,
+    scale=None,
+) -> pd.DataFrame:
+    """A comparison table, shaped as :func:`compare`'s, for a statistic derived by hand (a ratio
+    of measured statistics, a trained ensemble's output): columns ``statistic, layer, theory,
+    measured, error, z_score`` (and ``scale`` when given), ready for :func:`agreement`."""
+    frame = pd.DataFrame(
+        {"statistic": statistic, "layer": layer, "theory": theory, "measured": measured}
+    )
+    frame["error"] = np.broadcast_to(np.asarray(error, dtype=float), len(frame))
+    diff = frame.measured - frame.theory
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frame["z_score"] = np.where(
+            frame.error > 0, diff / frame.error, np.where(diff == 0, 0.0, np.inf)
+        )
+    if scale is not None:
+        frame["scale"] = np.broadcast_to(np.asarray(scale, dtype=float), len(frame))
+    return frame
+
+
+def _hidden_width(width: int | MLP) -> float:
+    if isinstance(width, MLP):
+        hidden = width.widths[1:-1]
+        return float(min(hidden)) if hidden else float(width.widths[0])
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)):
+        raise TypeError(f"width must be an int or an MLP, got {width!r}")
+    if width < 1:
+        raise ValueError(f"width must be ≥ 1, got {width}")
+    return float(width)
+
+
+def allowance(table: pd.DataFrame, width: int | MLP, *, k: float = K_SIGMA) -> pd.Series:
+    """The bound ``k·error + c·(ℓ/n)^p·scale`` per row of a comparison table.
+
+    ``table`` has columns ``statistic``, ``layer``, ``theory``, ``error`` (as :func:`compare`
+    gives) and optionally ``scale``; without it, scale is max|theory| over the entries of the
+    same statistic and layer (so off-diagonal entries near zero get the size of the layer's
+    correction, not zero). ``c`` and ``p`` come from :data:`ALLOWANCES`. ``n`` is ``width``, or
+    the smallest hidden width of an MLP.
+    """
+    n = _hidden_width(width)
+    unknown = sorted(set(table.statistic) - set(ALLOWANCES))
+    if unknown:
+        raise ValueError(f"no agreement rule for statistics {unknown}; known: {sorted(ALLOWANCES)}")
+    if "scale" in table:
+        scale = table.scale.abs()
+    else:
+        scale = table.groupby(["statistic", "layer"]).theory.transform(lambda t: t.abs().max())
+    c = table.statistic.map(lambda s: ALLOWANCES[s].c)
+    power = table.statistic.map(lambda s: ALLOWANCES[s].power)
+    return k * table.error + c * (table.layer / n) ** power * scale
+
+
+def agreement(table: pd.DataFrame, width: int | MLP, *, k: float = K_SIGMA) -> pd.Series:
+    """Whether each entry of a comparison table agrees: the one agreement rule of pdlt,
+
+        |measured − theory| ≤ k·error + c·(ℓ/n)^p·scale,
+
+    the statistical error (k standard errors of the measurement) plus the size of the order the
+    theory neglects at layer ℓ and width n. For a leading-order (infinite-width) statistic the
+    neglected term is O(ℓ/n) relative (p = 1); for a 1/n result it is O(1/n²), which is
+    (ℓ/n)·scale when the 1/n result itself sets the scale; for the next-to-leading metric G it
+    is (ℓ/n)²·K (p = 2). ``c`` per statistic and its reason are in :data:`ALLOWANCES`; see
+    :func:`allowance` for ``scale`` and ``n``.
+
+    Examples
+    --------
+    >>> table = pdlt.compare(pdlt.kernel(net, x), ms)
+    >>> bool(pdlt.agreement(table, net).all())
+    """
+    return (table.measured - table.theory).abs() <= allowance(table, width, k=k)

@@ -334,8 +334,9 @@ def trainability(
         raise TypeError(f"unknown settings {sorted(unknown)}; allowed: {sorted(DEFAULT_SETTINGS)}")
     s = {**DEFAULT_SETTINGS, **settings}
     s["C_b"] = _validation.non_negative("C_b", s["C_b"])
-    for k in ("width", "steps", "n_train", "n_networks"):
-        s[k] = _validation.integer(k, s[k], min=1)
+    # an ensemble needs 2 networks for its error bars (train_ensemble), a data set 2 examples
+    for k, least in (("width", 1), ("steps", 1), ("n_train", 2), ("n_networks", 2)):
+        s[k] = _validation.integer(k, s[k], min=least)
     s["learning_rate"] = _validation.positive("learning_rate", s["learning_rate"])
     if s["loss"] not in ("cross_entropy", "mse"):
         raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {s['loss']!r}")

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 if TYPE_CHECKING:
@@ -63,6 +64,47 @@ def paragraph(text: str, cls: str = "") -> str:
 
 def status(ok: bool) -> str:
     return "ok" if ok else "CHECK"
+
+
+def summary_row(check: str, value: str, ok: bool | None) -> dict:
+    """One row of the terminal summary: ``ok`` True/False → "ok"/"CHECK", None → "info"."""
+    return {"check": check, "value": value, "status": "info" if ok is None else status(ok)}
+
+
+def offset(j: int, count: int, step: float = 0.18) -> float:
+    """Horizontal shift of the j-th of ``count`` point series, so their error bars do not overlap."""
+    return (j - (count - 1) / 2) * step
+
+
+def theory_and_measured(
+    ax: plt.Axes,
+    x,
+    theory=None,
+    measured=None,
+    error=None,
+    *,
+    color: str = "k",
+    label: str | None = None,
+    theory_label: str | None = None,
+    theory_style: str = "-",
+    marker: str = "o",
+    shift: float = 0.0,
+) -> None:
+    """The report's one panel shape: a theory line and measured points with one-standard-error
+    bars, on the same x (the points shifted by ``shift``); either part may be left out."""
+    if theory is not None:
+        ax.plot(x, theory, theory_style, color=color, lw=1.5, label=theory_label)
+    if measured is not None:
+        ax.errorbar(
+            np.asarray(x, dtype=float) + shift,
+            measured,
+            yerr=error,
+            fmt=marker,
+            ms=3.5,
+            capsize=2,
+            color=color,
+            label=label,
+        )
 
 
 def page(config: ReportConfig, sections: list[Section]) -> str:

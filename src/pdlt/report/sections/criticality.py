@@ -1,4 +1,4 @@
-"""Report section: criticality of the report's activation (book ch. 5).
+"""Report section: criticality of the report's activation (book ch. 5, (5.51)–(5.56)).
 
 The (C_W, C_b) phase diagram (χ_⊥ heat map, order–chaos boundary, the book's critical point),
 the critical points and classes of every built-in activation, torch's gains against them, and
@@ -16,17 +16,17 @@ import torch
 from matplotlib import pyplot as plt
 
 from pdlt.activations import BUILTIN_ACTIVATIONS
+from pdlt.compare import agreement, comparison_frame
 from pdlt.experiment.ensemble import forward_chunks, resolve_device
 from pdlt.init import compare_gains
 from pdlt.network import MLP
 from pdlt.report import ReportConfig, Section
-from pdlt.report.render import figure, paragraph, status, table
+from pdlt.report.render import figure, paragraph, summary_row, table, theory_and_measured
 from pdlt.theory.criticality import critical_line, critical_point, criticality, phase_diagram
 from pdlt.theory.kernel import kernel
 from pdlt.theory.vertex import metric
 
 _DECAY_DEPTH = 31  # hidden layers 1..30 are compared
-_K_SIGMA = 4.0
 
 
 def _classes_table() -> pd.DataFrame:
@@ -135,22 +135,20 @@ def criticality_section(config: ReportConfig) -> Section:
     )
     counts = pd.Series(pdg.phase.reshape(-1)).value_counts()
     summary.append(
-        {
-            "check": f"phase diagram {pdg.phase.size} points",
-            "value": ", ".join(f"{k} {v}" for k, v in counts.items()),
-            "status": status(True),
-        }
+        summary_row(
+            f"phase diagram {pdg.phase.size} points",
+            ", ".join(f"{k} {v}" for k, v in counts.items()),
+            True,
+        )
     )
     summary.append(
-        {
-            "check": f"critical point of {name}",
-            "value": (
-                f"{cp.universality_class}: C_b={cp.C_b:.6g}, C_W={cp.C_W:.6g}"
-                if cp.exists
-                else "none (no χ_∥ = χ_⊥ = 1 with C_b ≥ 0)"
-            ),
-            "status": status(True),
-        }
+        summary_row(
+            f"critical point of {name}",
+            f"{cp.universality_class}: C_b={cp.C_b:.6g}, C_W={cp.C_W:.6g}"
+            if cp.exists
+            else "none (no χ_∥ = χ_⊥ = 1 with C_b ≥ 0)",
+            True,
+        )
     )
 
     body.append("<h3>Critical points and universality classes of the built-in activations</h3>")
@@ -210,9 +208,7 @@ def criticality_section(config: ReportConfig) -> Section:
             ax.semilogy(
                 ell, np.abs(c_fw - crit.c_star), "k:", lw=1.5, label=f"theory + 1/n, n = {width}"
             )
-        ax.errorbar(
-            ell, d_ms, yerr=c_se, fmt="o", ms=3.5, capsize=2, label=f"measured, n = {width}"
-        )
+        theory_and_measured(ax, ell, None, d_ms, c_se, color="C0", label=f"measured, n = {width}")
         anchor = len(ell) // 2
         ax.semilogy(
             ell,
@@ -225,12 +221,11 @@ def criticality_section(config: ReportConfig) -> Section:
         ax.set_xlabel("layer ℓ")
         ax.set_ylabel("|c^(ℓ) − c*|")
         ax.legend(fontsize=8)
-        # bar: 4 se + 3(ℓ/n)|q|, q = 1 − c (ordered) or c (chaotic): the finite-width correction
-        # of a correlation grows like ℓ/n off criticality too (measured: n|Δq/q| ≈ 2.5ℓ for GELU
-        # ordered at C_b = 0.3); the 1/n recursion for it is the multi-input NLO metric (issue 4)
+        # the finite-width correction of a correlation grows like (ℓ/n)·q off criticality too,
+        # q = 1 − c (ordered) or c (chaotic): the scale of the "correlation" rule
         q = 1 - c_th if phase == "ordered" else c_th
-        bar = _K_SIGMA * c_se + 3 * ell / width * np.abs(q)
-        agree = bool(np.all(np.abs(c_ms - c_th) <= bar))
+        corr = comparison_frame("correlation", ell, c_th, c_ms, c_se, scale=q)
+        agree = bool(agreement(corr, width).all())
         rows.append(
             {
                 "phase": phase,
@@ -240,17 +235,17 @@ def criticality_section(config: ReportConfig) -> Section:
                 "χ_⊥(K*)": crit.chi_perp,
                 "c*": crit.c_star,
                 "ξ_⊥": crit.xi_perp,
-                "max |z| (c)": float(np.max(np.abs(c_ms - c_th) / c_se)),
+                "max |z| (c)": float(corr.z_score.abs().max()),
                 "max |z| vs K + K1/n": float(np.max(np.abs(c_ms - c_fw) / c_se)),
                 "within bound": agree,
             }
         )
         summary.append(
-            {
-                "check": f"correlation decay, {phase}, n={width}, {M} nets",
-                "value": f"ξ_⊥ = {crit.xi_perp:.2f}, max |z| = {rows[-1]['max |z| (c)']:.2f}",
-                "status": status(agree),
-            }
+            summary_row(
+                f"correlation decay, {phase}, n={width}, {M} nets",
+                f"ξ_⊥ = {crit.xi_perp:.2f}, max |z| = {rows[-1]['max |z| (c)']:.2f}",
+                agree,
+            )
         )
     fig.tight_layout()
     body.append("<h3>Correlation of two inputs: ordered and chaotic</h3>")
@@ -266,8 +261,8 @@ def criticality_section(config: ReportConfig) -> Section:
     body.append(
         paragraph(
             "within bound: |measured − theory| ≤ 4·error + 3(ℓ/n)·|q| at every layer (q = 1 − c "
-            "ordered, c chaotic): the statistical error plus the size of the finite-width "
-            "correction, which grows like ℓ/n (the infinite-width theory is drawn).",
+            "ordered, c chaotic; pdlt.agreement): the statistical error plus the size of the "
+            "finite-width correction, which grows like ℓ/n (the infinite-width theory is drawn).",
             "note",
         )
     )

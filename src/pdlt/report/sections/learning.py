@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
 
+from pdlt.compare import agreement, comparison_frame
 from pdlt.experiment.train import torch_threads, train_ensemble
-from pdlt.network import MLP
 from pdlt.report import ReportConfig, Section
-from pdlt.report.common import report_C_W
-from pdlt.report.render import figure, paragraph, status, table
+from pdlt.report.common import report_C_b, report_C_W, report_net
+from pdlt.report.render import figure, paragraph, summary_row, table, theory_and_measured
 from pdlt.theory.learning import (
     kernel_prediction,
     log_evidence_from_kernel,
@@ -41,23 +41,12 @@ def _task(quick: bool):
     return _circle(theta_A), _target(theta_A), theta_B
 
 
-def _net(config: ReportConfig, width: int, C_W: float | None = None) -> MLP:
-    return MLP(
-        activation=config.activation,
-        depth=config.depth,
-        width=width,
-        input_dim=2,
-        C_W=report_C_W(config) if C_W is None else C_W,
-        C_b=config.C_b,
-    )
-
-
 def _trained_vs_theory(config: ReportConfig):
     X_A, y_A, theta_B = _task(config.quick)
     X_B = _circle(theta_B)
     n_A = len(X_A)
     width = min(max(config.widths), 64 if config.quick else 128)
-    net = _net(config, width)
+    net = report_net(config, width, input_dim=2)
     K, Theta = output_kernels(net, np.concatenate([X_A, X_B]))
     eta = 1.0 / np.linalg.eigvalsh(Theta[:n_A, :n_A]).max()
     steps = 40 if config.quick else 60
@@ -95,7 +84,9 @@ def _scan(config: ReportConfig) -> pd.DataFrame:
     grid = np.round(c0 * np.geomspace(0.6, 1.8, 5 if config.quick else 9), 4)
     rows = []
     for c in grid:
-        K, Theta = output_kernels(_net(config, 1, float(c)), np.concatenate([X_A, X_B]))
+        K, Theta = output_kernels(
+            report_net(config, 1, input_dim=2, C_W=float(c)), np.concatenate([X_A, X_B])
+        )
         m, cov = kernel_prediction(*_split(Theta, n_A)[:2], *_split(K, n_A), y_A[:, None])
         bias2 = (m[:, 0] - y_B) ** 2
         var = np.clip(np.diag(cov), 0, None)
@@ -121,12 +112,14 @@ def _learning_section(config: ReportConfig) -> Section:
     m_meas = np.interp(r["theta_meas"], r["theta_B"], r["m_B"])
     v_meas = np.interp(r["theta_meas"], r["theta_B"], r["s_B"] ** 2)
     L, n = config.depth, r["width"]
-    # Allowance: 4 standard errors plus the neglected finite-width correction, O(L/n) of the
-    # prediction's scale (book §5.4, ∞.2); the kernel section uses the same rule.
+    # the trained output is the last layer's (ℓ = L); its finite-width correction is O(L/n) of
+    # the prediction's largest value
     scale = max(float(np.abs(r["m_B"]).max()), float(r["s_B"].max()))
-    ok_mean = np.abs(r["mean"] - m_meas) <= 4 * r["mean_err"] + L / n * scale
-    ok_var = np.abs(r["var"] - v_meas) <= 4 * r["var_err"] + L / n * float(v_meas.max())
-    z_mean = (r["mean"] - m_meas) / r["mean_err"]
+    mean = comparison_frame("trained_mean", L, m_meas, r["mean"], r["mean_err"], scale=scale)
+    var = comparison_frame(
+        "trained_variance", L, v_meas, r["var"], r["var_err"], scale=float(v_meas.max())
+    )
+    ok_mean, ok_var = agreement(mean, n).to_numpy(), agreement(var, n).to_numpy()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     ax = axes[0]
@@ -135,8 +128,8 @@ def _learning_section(config: ReportConfig) -> Section:
     ax.plot(th, r["m_B"], "k-", label=f"NTK prediction ({r['steps']} steps)")
     ax.fill_between(th, r["m_B"] - r["s_B"], r["m_B"] + r["s_B"], color="k", alpha=0.12)
     ax.plot(th, r["g_B"], "C2--", lw=1.2, label="NNGP posterior mean")
-    ax.errorbar(
-        r["theta_meas"], r["mean"], yerr=r["mean_err"], fmt="o", color="C1", ms=3.5, capsize=2,
+    theory_and_measured(
+        ax, r["theta_meas"], None, r["mean"], r["mean_err"], color="C1",
         label=f"{r['n_networks']} trained nets, n = {n}",
     )  # fmt: skip
     ax.plot(r["theta_meas"], r["mean"] + np.sqrt(r["var"]), "_", color="C1", ms=8)
@@ -148,8 +141,8 @@ def _learning_section(config: ReportConfig) -> Section:
     ax = axes[1]
     ax.plot(th, r["s_B"] ** 2, "k-", label="Σ(t) theory")
     ax.plot(th, r["gs_B"] ** 2, "C2--", lw=1.2, label="NNGP posterior variance")
-    ax.errorbar(
-        r["theta_meas"], r["var"], yerr=r["var_err"], fmt="o", color="C1", ms=3.5, capsize=2,
+    theory_and_measured(
+        ax, r["theta_meas"], None, r["var"], r["var_err"], color="C1",
         label="trained ensemble variance",
     )  # fmt: skip
     ax.set_xlabel("input angle θ")
@@ -157,9 +150,8 @@ def _learning_section(config: ReportConfig) -> Section:
     ax.legend(fontsize=7)
     fig.tight_layout()
 
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z_var = np.abs(r["var"] - v_meas) / r["var_err"]
-    z_var = np.where(np.isfinite(z_var), z_var, 0.0)
+    z_var = var.z_score.abs()
+    z_var = z_var.where(np.isfinite(z_var), 0.0)
     scan = _scan(config)
     fig2, (b1, b2) = plt.subplots(1, 2, figsize=(11, 3.4))
     b1.plot(scan.C_W, scan.bias2, "o-", label="bias²")
@@ -178,19 +170,17 @@ def _learning_section(config: ReportConfig) -> Section:
     fig2.tight_layout()
 
     summary = [
-        {
-            "check": f"trained mean vs NTK prediction, {r['n_networks']} nets, n={n}",
+        summary_row(
+            f"trained mean vs NTK prediction, {r['n_networks']} nets, n={n}",
             # the z-score alone would alarm: antithetic pairs make the error bars far smaller
             # than the O(L/n) finite-width shift the infinite-width prediction neglects
-            "value": f"max |Δ| = {np.abs(r['mean'] - m_meas).max():.3f} "
-            f"(|z| ≤ {np.abs(z_mean).max():.1f}; 1/n allowance {L / n * scale:.3f})",
-            "status": status(bool(ok_mean.all())),
-        },
-        {
-            "check": f"trained variance vs Σ(t), n={n}",
-            "value": f"max |z| = {z_var.max():.2f}",
-            "status": status(bool(ok_var.all())),
-        },
+            f"max |Δ| = {np.abs(r['mean'] - m_meas).max():.3f} "
+            f"(|z| ≤ {mean.z_score.abs().max():.1f}; 1/n allowance {L / n * scale:.3f})",
+            bool(ok_mean.all()),
+        ),
+        summary_row(
+            f"trained variance vs Σ(t), n={n}", f"max |z| = {z_var.max():.2f}", bool(ok_var.all())
+        ),
     ]
     body = [
         paragraph(
@@ -205,7 +195,7 @@ def _learning_section(config: ReportConfig) -> Section:
         paragraph(
             f"Task: 5 training inputs on a circle in n_0 = 2, targets sin 2θ + 0.3 cos θ; "
             f"{config.activation}, depth {config.depth}, C_W = {report_C_W(config):.4g}, "
-            f"C_b = {config.C_b}; η = 1/λ_max(Θ̃) = {r['eta']:.3g}, {r['steps']} steps.",
+            f"C_b = {report_C_b(config):.4g}; η = 1/λ_max(Θ̃) = {r['eta']:.3g}, {r['steps']} steps.",
             "note",
         ),
         figure(
@@ -232,8 +222,9 @@ def _learning_section(config: ReportConfig) -> Section:
             scroll=True,
         ),
         paragraph(
-            "within_bound: |measured − theory| ≤ 4·error + (L/n)·scale, the statistical error "
-            "plus the size of the neglected finite-width correction.",
+            "within_bound: |measured − theory| ≤ 4·error + (L/n)·scale (pdlt.agreement; scale: "
+            "the prediction's largest value), the statistical error plus the size of the neglected "
+            "finite-width correction.",
             "note",
         ),
         "<h3>Generalization and evidence across C_W</h3>",
@@ -269,11 +260,7 @@ def _phase_diagram_part(summary: list) -> list[str]:
         ]
     agree = res.agreement()
     summary.append(
-        {
-            "check": "phase diagram: trained ⇔ depth ≤ 6ξ⊥",
-            "value": f"{agree:.0%} of cells",
-            "status": "info",
-        }
+        summary_row("phase diagram: trained ⇔ depth ≤ 6ξ⊥", f"{agree:.0%} of cells", None)
     )
     fig = res.plot()
     return [

@@ -1,4 +1,5 @@
-"""Report section: the NTK at initialization (book ch. 8–9) against real ensembles at two widths."""
+"""Report section: the NTK at initialization (book ch. 8–9) against real ensembles at two widths:
+the frozen NTK Θ, (9.5), and the NTK variance (A + 2B)/(nΘ²), (8.82), (9.15)–(9.16)."""
 
 from __future__ import annotations
 
@@ -6,56 +7,24 @@ import numpy as np
 import pandas as pd
 from matplotlib import pyplot as plt
 
+from pdlt.compare import agreement, compare, comparison_frame
 from pdlt.experiment.measure import measure
 from pdlt.report import ReportConfig, Section
-from pdlt.report.common import report_inputs, report_net
-from pdlt.report.render import figure, paragraph, status, table
+from pdlt.report.common import learning_rate_scan, report_inputs, report_net
+from pdlt.report.render import (
+    figure,
+    offset,
+    paragraph,
+    summary_row,
+    table,
+    theory_and_measured,
+)
 from pdlt.theory.ntk import ntk, ntk_fluctuations
-from pdlt.theory.ntk_criticality import learning_rates, ntk_criticality
+from pdlt.theory.ntk_criticality import ntk_criticality
 
 WIDE_NETWORKS = 400  # networks at widths ≥ 128: the NTK of a wide net costs ~n² per layer
 OUTPUTS = 4  # output neurons, so that the cross-neuron statistics of layer L exist
 DEPTHS = (5, 10, 20, 50, 100)
-
-
-def theta_agrees(theory: np.ndarray, meas: np.ndarray, err: np.ndarray, width: int) -> np.ndarray:
-    """|measured − Θ| ≤ 4·error + 0.15 (ℓ/n)|Θ|: statistics plus the neglected mean correction
-    H^{1}/n, whose coefficient is ≲ 0.12 ℓ/n in the book's classes (02-ntk.md §4.3, §8.2)."""
-    ell = np.arange(1, theory.shape[0] + 1).reshape((-1,) + (1,) * (theory.ndim - 1))
-    return np.abs(meas - theory) <= 4 * err + 0.15 * ell / width * np.abs(theory)
-
-
-def variance_agrees(
-    theory: np.ndarray, meas: np.ndarray, err: np.ndarray, width: int
-) -> np.ndarray:
-    """|measured − theory| ≤ 4·error + 2 (ℓ/n)|theory| for an O(1/n) statistic, whose relative
-    correction is O(ℓ/n) with coefficients ≈ 1–2 (02-ntk.md §7, C1)."""
-    ell = np.arange(1, theory.shape[0] + 1)
-    return np.abs(meas - theory) <= 4 * err + 2 * ell / width * np.abs(theory)
-
-
-def _learning_rate_table(config: ReportConfig, C_W: float, C_b: float) -> tuple[pd.DataFrame, str]:
-    x = np.ones((1, 4))
-    rows, cls = [], ""
-    for L in DEPTHS:
-        base = report_net(config, 64).with_(depth=L)
-        try:
-            lr = learning_rates(config.activation, L)
-        except ValueError:
-            lr = learning_rates(config.activation, L, method="numerical", C_W=C_W, C_b=C_b)
-        cls = lr.universality_class
-        rows.append(
-            {
-                "depth L": L,
-                "Θ^(L), constant λ": ntk(base, x).Theta[-1, 0, 0],
-                "Θ^(L), scaled λ": ntk(lr.apply(base), x).Theta[-1, 0, 0],
-                "λ_b^(1)": lr.lambda_b[0],
-                "λ_b^(L)": lr.lambda_b[-1],
-                "λ_W^(1)": lr.lambda_W[0],
-                "λ_W^(L)": lr.lambda_W[-1],
-            }
-        )
-    return pd.DataFrame(rows), cls
 
 
 def ntk_section(config: ReportConfig) -> Section:
@@ -72,8 +41,10 @@ def ntk_section(config: ReportConfig) -> Section:
     rel_coeff = (A + 2 * B) / Theta11**2  # n·Var(Ĥ_ii)/Θ²
 
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.6))
-    axes[0].plot(layers, th.Theta[:, 0, 0], "k-", lw=1.5, label="theory Θ11")
-    axes[0].plot(layers, th.Theta[:, 0, 1], "k--", lw=1.2, label="theory Θ12")
+    theory_and_measured(axes[0], layers, th.Theta[:, 0, 0], theory_label="theory Θ11")
+    theory_and_measured(
+        axes[0], layers, th.Theta[:, 0, 1], theory_label="theory Θ12", theory_style="--"
+    )
     summary, rows = [], []
     for j, (w, net) in enumerate(nets.items()):
         M = config.ensemble_size if w < 128 else min(config.ensemble_size, WIDE_NETWORKS)
@@ -85,19 +56,14 @@ def ntk_section(config: ReportConfig) -> Section:
             statistics=("ntk_fluctuations",),
             device=config.device,
         )
-        offset = (j - (len(nets) - 1) / 2) * 0.18
+        dx, color = offset(j, len(nets)), f"C{j}"
         for a, b, marker in ((0, 0, "o"), (0, 1, "s")):
-            axes[0].errorbar(
-                layers + offset,
-                ms.Theta[:, a, b],
-                yerr=ms.Theta_err[:, a, b],
-                fmt=marker,
-                ms=3.5,
-                capsize=2,
-                color=f"C{j}",
-                label=f"n = {w}" if (a, b) == (0, 0) else None,
-            )
-        ok_theta = theta_agrees(th.Theta, ms.Theta, ms.Theta_err, w)
+            theory_and_measured(
+                axes[0], layers, None, ms.Theta[:, a, b], ms.Theta_err[:, a, b], color=color,
+                marker=marker, shift=dx, label=f"n = {w}" if (a, b) == (0, 0) else None,
+            )  # fmt: skip
+        theta = compare(th, ms, statistics=("Theta",))
+        ok_theta = agreement(theta, w).groupby(theta.layer).all().to_numpy()
         # relative NTK variance of one input: (A + 2B)/(n_{ℓ−1} Θ²) from the measured A, B, Θ
         n_l = np.asarray(net.widths[:-1], dtype=float)
         mA, mB = ms.A[:, 0, 0, 0, 0], ms.B[:, 0, 0, 0, 0]
@@ -105,55 +71,35 @@ def ntk_section(config: ReportConfig) -> Section:
         th_rel = rel_coeff / w  # layer 1 is 0 (Ĥ^(1) is deterministic)
         m_rel = (mA + 2 * mB) / n_l / ms.Theta[:, 0, 0] ** 2
         e_rel = np.sqrt(eA**2 + 4 * eB**2) / n_l / ms.Theta[:, 0, 0] ** 2
-        ok_var = variance_agrees(th_rel, m_rel, e_rel, w)
-        axes[1].plot(layers, th_rel, "-", color=f"C{j}", lw=1.5)
-        axes[1].errorbar(
-            layers + offset,
-            m_rel,
-            yerr=e_rel,
-            fmt="o",
-            ms=3.5,
-            capsize=2,
-            color=f"C{j}",
-            label=f"n = {w}",
-        )
-        axes[2].errorbar(
-            layers + offset,
-            m_rel * n_l,
-            yerr=e_rel * n_l,
-            fmt="o",
-            ms=3.5,
-            capsize=2,
-            color=f"C{j}",
-            label=f"n·measured, n = {w}",
-        )
+        var = comparison_frame("ntk_relative_variance", layers, th_rel, m_rel, e_rel)
+        ok_var = agreement(var, w).to_numpy()
+        theory_and_measured(axes[1], layers, th_rel, m_rel, e_rel, color=color, shift=dx,
+                            label=f"n = {w}")  # fmt: skip
+        theory_and_measured(axes[2], layers, None, m_rel * n_l, e_rel * n_l, color=color,
+                            shift=dx, label=f"n·measured, n = {w}")  # fmt: skip
         summary += [
-            {
-                "check": f"Θ vs {M} networks, n={w}",
-                "value": f"max |z| = {np.max(np.abs(ms.Theta - th.Theta) / np.where(ms.Theta_err > 0, ms.Theta_err, np.inf)):.2f}",
-                "status": status(bool(ok_theta.all())),
-            },
-            {
-                "check": f"NTK variance vs {M} networks, n={w}",
-                "value": f"max rel. dev. {np.nanmax(np.abs(m_rel[1:] - th_rel[1:]) / th_rel[1:]):.2f}",
-                "status": status(bool(ok_var.all())),
-            },
+            summary_row(
+                f"Θ vs {M} networks, n={w}",
+                f"max |z| = {theta.z_score[theta.error > 0].abs().max():.2f}",
+                bool(ok_theta.all()),
+            ),
+            summary_row(
+                f"NTK variance vs {M} networks, n={w}",
+                f"max rel. dev. {np.nanmax(np.abs(m_rel[1:] - th_rel[1:]) / th_rel[1:]):.2f}",
+                bool(ok_var.all()),
+            ),
         ]
-        for ell in range(config.depth):
-            rows.append(
+        rows.append(
+            pd.DataFrame(
                 {
-                    "width": w,
-                    "layer": ell + 1,
-                    "Θ11 theory": th.Theta[ell, 0, 0],
-                    "Θ11 measured": ms.Theta[ell, 0, 0],
-                    "±": ms.Theta_err[ell, 0, 0],
-                    "Var/Θ² theory": th_rel[ell],
-                    "Var/Θ² measured": m_rel[ell],
-                    "± ": e_rel[ell],
-                    "within bound": bool(ok_theta[ell].all() and ok_var[ell]),
+                    "width": w, "layer": layers,
+                    "Θ11 theory": th.Theta[:, 0, 0], "Θ11 measured": ms.Theta[:, 0, 0],
+                    "±": ms.Theta_err[:, 0, 0], "Var/Θ² theory": th_rel,
+                    "Var/Θ² measured": m_rel, "± ": e_rel, "within bound": ok_theta & ok_var,
                 }
             )
-    axes[2].plot(layers, rel_coeff, "k-", lw=1.5, label="theory (A+2B)/Θ²")
+        )  # fmt: skip
+    theory_and_measured(axes[2], layers, rel_coeff, theory_label="theory (A+2B)/Θ²")
     axes[0].set_title("frozen NTK Θ^(ℓ)")
     axes[1].set_title("relative NTK variance Var(Ĥ_ii)/Θ²")
     axes[2].set_title("n · Var(Ĥ_ii)/Θ²  (1/n scaling)")
@@ -163,21 +109,26 @@ def ntk_section(config: ReportConfig) -> Section:
     fig.tight_layout()
 
     crit = ntk_criticality(net0, x[:1])
-    lr_table, cls = _learning_rate_table(config, net0.C_W[0], net0.C_b[0])
+    # the book's class rule (9.94)–(9.96) holds at criticality; elsewhere balance numerically
+    critical = config.C_W is None and config.C_b is None
+    lr_table = learning_rate_scan(
+        report_net(config, 64), DEPTHS, method="auto" if critical else "numerical"
+    )
+    cls = lr_table.attrs["universality_class"]
     summary.append(
-        {
-            "check": "NTK criticality (gradients)",
-            "value": f"{crit.regime}, depth scale {crit.depth_scale:.3g}",
+        summary_row(
+            "NTK criticality (gradients)",
+            f"{crit.regime}, depth scale {crit.depth_scale:.3g}",
             # ok unless the gradients change exponentially within this network's depth
-            "status": status(crit.regime == "critical" or crit.depth_scale >= config.depth),
-        }
+            crit.regime == "critical" or crit.depth_scale >= config.depth,
+        )
     )
     body = [
         paragraph(
             "The neural tangent kernel Ĥ^(ℓ) measures how a gradient step on one input moves the "
             "network's output on another (book ch. 7–8). With the book's per-layer learning rates "
             "(λ_b for biases, λ_W/n for weights) its infinite-width mean is the frozen NTK Θ^(ℓ), "
-            "given layer by layer by Θ^(ℓ+1) = λ_b + λ_W⟨σσ⟩ + C_W⟨σ'σ'⟩Θ^(ℓ). At finite width the "
+            "given layer by layer by Θ^(ℓ+1) = λ_b + λ_W⟨σσ⟩ + C_W⟨σ'σ'⟩Θ^(ℓ) (9.5). At finite width the "
             "NTK fluctuates from network to network; its relative variance is (A + 2B)/(nΘ²) and "
             "grows with depth like ℓ/n (book §8.3–8.4, §9.3). Points: the NTK of real networks, "
             "computed from the layer structure (activations × backpropagated signals), with "
@@ -198,11 +149,12 @@ def ntk_section(config: ReportConfig) -> Section:
         ),
         "<h3>Agreement per layer</h3>",
         paragraph(
-            "within bound: |Θ_meas − Θ| ≤ 4·error + 0.15(ℓ/n)|Θ| and |Var_meas − Var| ≤ 4·error + "
-            "2(ℓ/n)|Var|: statistical error plus the size of the neglected finite-width order.",
+            "within bound: |Θ_meas − Θ| ≤ 4·error + 0.15(ℓ/n)·max|Θ^(ℓ)| and |Var_meas − Var| ≤ "
+            "4·error + 2(ℓ/n)|Var| (pdlt.agreement): statistical error plus the size of the "
+            "neglected finite-width order.",
             "note",
         ),
-        table(pd.DataFrame(rows), digits=4, scroll=True),
+        table(pd.concat(rows, ignore_index=True), digits=4, scroll=True),
         "<h3>Gradients and learning-rate scaling (book ch. 9)</h3>",
         paragraph(
             f"NTK criticality of this network: {crit.regime} (depth scale of χ_⊥: "
