@@ -301,14 +301,14 @@ class BayesianPosterior:
         )
 
 
-def _check_expansion(gp: np.ndarray, first: np.ndarray, what: str, net: MLP) -> None:
-    """Warn when the O(1/n) part is not small beside the leading part."""
-    scale = float(np.max(np.abs(gp), initial=0.0))
+def _check_expansion(scale: float, first: np.ndarray, what: str, net: MLP) -> None:
+    """Warn when the O(1/n) part is not small beside the scale of the leading part (the
+    targets for the mean, the prior variance for the covariance)."""
     size = float(np.max(np.abs(first), initial=0.0))
     if scale > 0 and size > BREAKDOWN * scale:
         warnings.warn(
-            f"the O(1/n) correction to the posterior {what} is {size / scale:.2g} × its leading "
-            f"part at hidden widths {net.widths[1:-1]}: too narrow for the 1/n expansion to be "
+            f"the O(1/n) correction to the posterior {what} is {size / scale:.2g} × its scale "
+            f"at hidden widths {net.widths[1:-1]}: too narrow for the 1/n expansion to be "
             "trusted (widen the network, use fewer layers or fewer training points)",
             RuntimeWarning,
             stacklevel=3,
@@ -343,8 +343,8 @@ def finite_width_posterior(
     K = stats.K
     gp_mean, gp_S = nngp_posterior(K[:n_A, :n_A], K[n_A:, :n_A], K[n_A:, n_A:], Y, noise)
     gp_cov = np.einsum("bc,ik->bick", gp_S, np.eye(n_L))
-    _check_expansion(mean_0, mean_1, "mean", net)
-    _check_expansion(cov_0, cov_1, "covariance", net)
+    _check_expansion(float(np.abs(Y).max()), mean_1, "mean", net)
+    _check_expansion(float(np.diag(G)[n_A:].max(initial=0.0)), cov_1, "covariance", net)
     return BayesianPosterior(
         mean=mean_0 + mean_1,
         cov=cov_0 + cov_1,
@@ -446,3 +446,11 @@ __all__ = [
     "finite_width_posterior",
     "prior_statistics",
 ]
+
+
+def finite_width_evidence(net: MLP, x_train: Tensor, Y: np.ndarray, noise: float) -> float:
+    """log p(y_A | H) through O(1/n) (module docstring); needs the training inputs only."""
+    stats = prior_statistics(net, x_train)
+    n = float(stats.widths[-1])
+    c = _condition(stats.K + stats.K1 / n, Y.shape[0], Y, noise)
+    return gaussian_log_evidence(c, Y) + log_evidence_correction(c, stats.V, n, Y.shape[0])
