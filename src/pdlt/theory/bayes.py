@@ -454,3 +454,15 @@ def finite_width_evidence(net: MLP, x_train: Tensor, Y: np.ndarray, noise: float
     n = float(stats.widths[-1])
     c = _condition(stats.K + stats.K1 / n, Y.shape[0], Y, noise)
     return gaussian_log_evidence(c, Y) + log_evidence_correction(c, stats.V, n, Y.shape[0])
+
+
+def evidence_from_statistics(
+    stats: PriorStatistics, Y: np.ndarray, noise: float, n: float
+) -> tuple[float, float]:
+    """(log p(y) through O(1/n), log p(y) at infinite width) from training-set statistics at
+    hidden width ``n`` (uniform widths: K^{{1}} and V do not depend on n, so one walk serves
+    every width)."""
+    c = _condition(stats.K + stats.K1 / n, Y.shape[0], Y, noise)
+    c0 = _condition(stats.K, Y.shape[0], Y, noise)
+    fw = gaussian_log_evidence(c, Y) + log_evidence_correction(c, stats.V, n, Y.shape[0])
+    return fw, gaussian_log_evidence(c0, Y)
