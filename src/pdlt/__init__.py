@@ -13,6 +13,7 @@ of real PyTorch networks, and compare the two.
 
 from pdlt.activations import Activation, activation
 from pdlt.compare import agreement, compare
+from pdlt.experiment.bayes import PosteriorMeasurement, measure_posterior
 from pdlt.experiment.dntk import EmpiricalDNTK, empirical_dntk
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.experiment.ntk import empirical_ntk
@@ -20,6 +21,7 @@ from pdlt.experiment.sweep import sweep
 from pdlt.experiment.train import TrainedEnsemble, train_ensemble
 from pdlt.experiment.trainability import Trainability, trainability
 from pdlt.network import MLP
+from pdlt.theory.bayes import BayesianPosterior, bayesian_posterior
 from pdlt.theory.criticality import (
     critical_line,
     critical_point,
@@ -53,6 +55,10 @@ __all__ = [
     "NTKCorrection",
     "dntk",
     "ntk_correction",
+    "BayesianPosterior",
+    "PosteriorMeasurement",
+    "bayesian_posterior",
+    "measure_posterior",
     "BiasVariance",
     "NNGPRegressor",
     "NTKRegressor",

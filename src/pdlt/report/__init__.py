@@ -24,6 +24,7 @@ SECTIONS: tuple[str, ...] = (
     "pdlt.report.sections.criticality:criticality_section",
     "pdlt.report.sections.ntk:ntk_section",
     "pdlt.report.sections.learning:learning_section",
+    "pdlt.report.sections.bayes:bayes_section",
 )
 
 

@@ -301,6 +301,12 @@ class NNGPRegressor(_InfiniteWidthRegressor):
     noise:
         ε² > 0, the variance of the Gaussian likelihood p(y|z) (the book's noiseless case is
         ε² → 0). Added to the diagonal of K̃.
+    finite_width:
+        ``False`` (default): the infinite-width Gaussian process. ``True``: the posterior of the
+        network at its actual widths through O(1/n) (book §6.4, :mod:`pdlt.theory.bayes`):
+        mean with wiring (eqs. 6.87–6.89), joint covariance, evidence and the representation
+        shift of every layer (:meth:`representation_shift`). Needs ``net``; y must then have
+        ``net.output_dim`` columns.
 
     Attributes
     ----------
@@ -321,15 +327,21 @@ class NNGPRegressor(_InfiniteWidthRegressor):
     _parameter_constraints: dict = {
         **_InfiniteWidthRegressor._parameter_constraints,
         "noise": [Interval(numbers.Real, 0, None, closed="neither")],
+        "finite_width": ["boolean"],
     }
 
-    def __init__(self, net: MLP | None = None, *, noise: float = 1e-10) -> None:
+    def __init__(
+        self, net: MLP | None = None, *, noise: float = 1e-10, finite_width: bool = False
+    ) -> None:
         self.net = net
         self.noise = noise
+        self.finite_width = finite_width
 
     def fit(self, X, y) -> NNGPRegressor:
         """Condition the prior on (X, y): Cholesky of K̃ + ε² (book §6.3.1)."""
         X, Y = self._validate_fit(X, y)
+        if self.finite_width:
+            return self._fit_finite_width(X, Y)
         K_AA = output_kernel(self.net_, X)
         self.L_, self.jitter_ = cholesky_with_jitter(
             K_AA + self.noise * np.eye(X.shape[0]), "the training kernel K̃ + ε²"
@@ -349,8 +361,10 @@ class NNGPRegressor(_InfiniteWidthRegressor):
         X = self._validate_predict(X, return_std, return_cov)
         if not hasattr(self, "X_train_"):
             net = self._network(X.shape[1])
-            K = output_kernel(net, X)
+            K = self._prior_metric(net, X) if self.finite_width else output_kernel(net, X)
             return self._output(np.zeros((X.shape[0], 1)), K, return_std, return_cov)
+        if self.finite_width:
+            return self._predict_finite_width(X, return_std, return_cov)
         N_A = self.X_train_.shape[0]
         K = output_kernel(self.net_, np.concatenate([self.X_train_, X]))
         K_BA, K_BB = K[N_A:, :N_A], K[N_A:, N_A:]
@@ -358,6 +372,94 @@ class NNGPRegressor(_InfiniteWidthRegressor):
         V = scipy.linalg.solve_triangular(self.L_, K_BA.T, lower=True)
         cov = K_BB - V.T @ V  # 𝕂 = K_BB − K_BA (K̃+ε²)^{-1} K_AB
         return self._output(mean, cov, return_std, return_cov)
+
+    # -- finite width (book §6.4) -----------------------------------------------------------
+
+    def _finite_net(self, n_features: int) -> MLP:
+        if self.net is None:
+            raise ValueError(
+                "finite_width=True needs a network with its widths: pass net=pdlt.MLP(...)"
+            )
+        return self._network(n_features)
+
+    def _prior_metric(self, net: MLP, X: np.ndarray) -> np.ndarray:
+        """The finite-width prior covariance G^{(L)} = K + K^{{1}}/n_{L−1} (book §4.3)."""
+        from pdlt.theory.vertex import metric
+
+        return metric(self._finite_net(X.shape[1]), X).G[-1]
+
+    def _fit_finite_width(self, X: np.ndarray, Y: np.ndarray) -> NNGPRegressor:
+        from pdlt.theory.bayes import finite_width_evidence
+
+        net = self._finite_net(X.shape[1])
+        if net.depth < 2:
+            raise ValueError("finite_width=True needs a hidden layer (depth ≥ 2)")
+        if Y.shape[1] != net.output_dim:
+            raise ValueError(
+                f"y has {Y.shape[1]} output column(s) but the network has output_dim = "
+                f"{net.output_dim}; at finite width the outputs are wired together, so y needs "
+                "one column per network output"
+            )
+        self.X_train_, self.y_train_ = X, Y
+        self.log_evidence_ = finite_width_evidence(net, torch.from_numpy(X), Y, self.noise)
+        return self
+
+    def _posterior(self, X: np.ndarray):
+        from pdlt.theory.bayes import finite_width_posterior
+
+        return finite_width_posterior(
+            self.net_,
+            torch.from_numpy(self.X_train_),
+            self.y_train_,
+            torch.from_numpy(X),
+            self.noise,
+        )
+
+    def _predict_finite_width(self, X: np.ndarray, return_std: bool, return_cov: bool):
+        post = self._posterior(X)
+        mean = post.mean
+        y_1d = self._y_1d
+        if return_cov:
+            per_output = np.einsum("bici->bci", post.cov)  # (N_B, N_B, n_L), sklearn's layout
+            return (mean[:, 0], per_output[:, :, 0]) if y_1d else (mean, per_output)
+        if return_std:
+            B, n_L = mean.shape
+            var = _clip_variance(post.cov.reshape(B * n_L, B * n_L).diagonal().reshape(B, n_L))
+            std = np.sqrt(var)
+            return (mean[:, 0], std[:, 0]) if y_1d else (mean, std)
+        return mean[:, 0] if y_1d else mean
+
+    def predict_joint(self, X):
+        """The full finite-width posterior at X (finite_width=True, after fit): a
+        :class:`~pdlt.theory.bayes.BayesianPosterior` with the joint covariance over test
+        inputs *and* outputs (N_B, n_L, N_B, n_L) — outputs are correlated at finite width —
+        the GP parts and the representation shift."""
+        check_is_fitted(self)
+        if not self.finite_width:
+            raise ValueError("predict_joint needs finite_width=True")
+        return self._posterior(validate_data(self, X, reset=False, dtype=np.float64))
+
+    def representation_shift(self, layer: int, X=None) -> np.ndarray:
+        """E[Ĝ^{(ℓ)} | data] − G^{(ℓ)}, the O(1/n) shift of layer ℓ's metric (book §6.4.3,
+        eqs. 6.90–6.92) on the training inputs followed by X (if given): (N_all, N_all).
+        Ĝ^{(ℓ)} = C_b + (C_W/n_{ℓ−1}) Σ_j σ(z^{(ℓ−1)}_j)σ(z^{(ℓ−1)}_j) is built from layer
+        ℓ−1's activations: ``layer = depth`` is the representation of the last hidden layer,
+        ``layer = 1`` is zero (the inputs do not fluctuate)."""
+        check_is_fitted(self)
+        if not self.finite_width:
+            raise ValueError(
+                "representation_shift needs finite_width=True: at infinite width hidden "
+                "representations do not move (book §6.3.3)"
+            )
+        from pdlt import _validation
+
+        ell = _validation.integer("layer", layer, min=1, max=self.net_.depth)
+        Xb = (
+            self.X_train_[:0]
+            if X is None
+            else validate_data(self, X, reset=False, dtype=np.float64)
+        )
+        return self._posterior(Xb).shift[ell - 1]
 
 
 class NTKRegressor(_InfiniteWidthRegressor):
