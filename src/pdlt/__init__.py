@@ -13,6 +13,7 @@ of real PyTorch networks, and compare the two.
 
 from pdlt.activations import Activation, activation
 from pdlt.compare import compare
+from pdlt.experiment.accuracy_map import AccuracyMap, accuracy_map
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.experiment.ntk import empirical_ntk
 from pdlt.experiment.sweep import sweep
@@ -53,6 +54,8 @@ from pdlt.theory.vertex import (
 )
 
 __all__ = [
+    "AccuracyMap",
+    "accuracy_map",
     "BiasVariance",
     "NNGPRegressor",
     "NTKRegressor",
