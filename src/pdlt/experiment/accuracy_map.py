@@ -86,6 +86,9 @@ _MEHLER_KMAX = 400
 _MEHLER_TOL = 1e-14  # relative Parseval tail at which the series is cut
 _QUAD_NODES = 1600  # Gauss–Legendre nodes on [−12, 12] for the Hermite coefficients
 _EQUAL_NORM_RTOL = 1e-10
+# Error of one layer's expectation relative to ⟨σ²⟩: quadrature for the Mehler coefficients
+# (measured ~1e-13 against a 3000² product rule), round-off for closed forms.
+_LAYER_FLOOR = 1e-12
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,24 +248,29 @@ def _table_kernels(
     """Walk the kernel map once to the deepest depth on the cosine table.
 
     ``s_nodes`` (M,) are table nodes in s = √(θ/π), ρ = cos(π s²). Returns for each requested
-    depth (q (G,), K (G, M), dK/ds (G, M), truncation (G,)): the last the Mehler truncation
-    error relative to q, summed over the layers so far."""
+    depth (q (G,), K (G, M), dK/ds (G, M), error (G,)): the last a bound on the error of the
+    table entries relative to q from the layers so far (series tails and quadrature floors,
+    each amplified by the later layers' slopes)."""
     theta = math.pi * s_nodes**2
     rho0 = torch.cos(theta)
     drho_ds = -torch.sin(theta) * 2 * math.pi * s_nodes
     q = cb + cw * q0  # layer 1 (book §4.1)
     K = cb[:, None] + cw[:, None] * q0 * rho0[None, :]
     dK = (cw * q0)[:, None].expand_as(K).clone()  # dK/dρ_0
-    trunc = torch.zeros_like(q)
+    err = torch.zeros_like(q)  # absolute error bound of the table entries
     out: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
     with np.errstate(all="ignore"):
         for layer in range(1, max(depths) + 1):
             if layer in depths:
-                out[layer] = (q.clone(), K.clone(), dK * drho_ds[None, :], trunc.clone())
+                out[layer] = (q.clone(), K.clone(), dK * drho_ds[None, :], err / q)
             if layer == max(depths):
                 break
-            ss, dd, second, err = _pair_layer(act, q, K)
-            trunc = trunc + err * cw * second / torch.clamp(cb + cw * second, min=1e-300)
+            ss, dd, second, tail = _pair_layer(act, q, K)
+            # An error δK in layer ℓ moves layer ℓ+1 by C_W⟨σ'σ'⟩ δK (Price): chaotic layers
+            # (slope > 1) amplify it. Each layer adds the series tail and the quadrature or
+            # round-off floor of one expectation.
+            slope = (cw[:, None] * dd).abs().amax(1)
+            err = slope * err + cw * second * (tail + _LAYER_FLOOR)
             K = cb[:, None] + cw[:, None] * ss  # book §4.3
             dK = cw[:, None] * dd * dK  # chain rule with Price: d⟨σσ⟩/dK_ab = ⟨σ'σ'⟩
             q = cb + cw * second
