@@ -631,14 +631,19 @@ class AccuracyMap:
             mesh = ax.pcolormesh(
                 cw_e, cb_e, self.accuracy[d], cmap="viridis", vmin=vmin, vmax=1.0, shading="flat"
             )
-            if self.degenerate[d].any():
-                ax.contourf(
-                    self.C_W,
-                    self.C_b,
-                    self.degenerate[d].astype(float),
-                    levels=[0.5, 1.5],
-                    colors="none",
-                    hatches=["xx"],
+            from matplotlib.patches import Rectangle
+
+            for i, j in zip(*np.nonzero(self.degenerate[d]), strict=True):
+                ax.add_patch(
+                    Rectangle(
+                        (cw_e[j], cb_e[i]),
+                        cw_e[j + 1] - cw_e[j],
+                        cb_e[i + 1] - cb_e[i],
+                        fill=False,
+                        hatch="xx",
+                        lw=0,
+                        edgecolor="0.6",
+                    )
                 )
             ok = np.isfinite(self.critical_C_W)
             label = (
@@ -659,7 +664,7 @@ class AccuracyMap:
         if mesh is not None:
             fig.colorbar(mesh, ax=axes, label="test accuracy", fraction=0.03)
         what = "NNGP posterior" if self.method == "nngp" else "trained networks"
-        fig.suptitle(f"{self.activation}: {what}", fontsize=10)
+        fig.suptitle(f"{self.activation}: {what} (hatched: degenerate kernel)", fontsize=10, y=1.02)
         return fig
 
 
