@@ -318,3 +318,28 @@ def test_table_route_needs_one_norm(small):
         "relu", [2.0], [0.1], (3,), X2, yA[:30], XB[:10], yB[:10], standardize=False
     )
     assert am.info["route"] == "exact"
+
+
+def test_cli_and_report_section(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from typer.testing import CliRunner
+
+    from pdlt.cli import app
+    from pdlt.report import ReportConfig
+    from pdlt.report.sections.accuracy_map import accuracy_map_section
+
+    out = tmp_path / "am.png"
+    res = CliRunner().invoke(
+        app,
+        ["accuracy-map", "relu", "--C-W-num", "4", "--C-b-num", "2", "--depth", "3",
+         "--n-test", "50", "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert out.exists() and out.with_suffix(".csv").exists()
+    res = CliRunner().invoke(app, ["accuracy-map", "relu", "--method", "sgd", "--out", str(out)])
+    assert res.exit_code != 0 and "nngp or trained" in res.output
+    sec = accuracy_map_section(ReportConfig(activation="tanh", quick=True))
+    assert sec.body.count("<img") == 2 and "semi-critical" in sec.body
+    assert {r["status"] for r in sec.summary} <= {"ok", "check"} and len(sec.summary) == 2

@@ -59,12 +59,14 @@ def _summary_rows(am) -> tuple[pd.DataFrame, list[dict]]:
 
 def accuracy_map_section(config: ReportConfig) -> Section:
     t0 = time.perf_counter()
-    XA, yA, XB, yB = digits_split(300, 200, seed=config.seed)
+    n_train, n_test = (150, 100) if config.quick else (300, 200)
+    XA, yA, XB, yB = digits_split(n_train, n_test, seed=config.seed)
     names = [config.activation] + (["relu"] if config.activation != "relu" else [])
     parts = [
         paragraph(
             "Test accuracy of the infinite-width Bayesian network (NNGP posterior mean, book "
-            "§6.3) on 300 training / 200 test digits over (C_W, C_b), one panel per depth. The "
+            f"§6.3) on {n_train} training / {n_test} test digits over (C_W, C_b), one panel per "
+            "depth. The "
             "dashed line is the order–chaos boundary χ⊥(K*) = 1 (book §5.1); for ReLU it is the "
             "semi-critical line C_W = 2, where the kernel grows linearly instead of reaching a "
             "fixed point. Hatched cells are degenerate: the kernel no longer tells the inputs "
