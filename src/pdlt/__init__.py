@@ -13,6 +13,7 @@ of real PyTorch networks, and compare the two.
 
 from pdlt.activations import Activation, activation
 from pdlt.compare import agreement, compare
+from pdlt.experiment.accuracy_map import AccuracyMap, accuracy_map
 from pdlt.experiment.bayes import PosteriorMeasurement, measure_posterior
 from pdlt.experiment.dntk import EmpiricalDNTK, empirical_dntk
 from pdlt.experiment.measure import Measurement, measure
@@ -59,6 +60,8 @@ __all__ = [
     "PosteriorMeasurement",
     "bayesian_posterior",
     "measure_posterior",
+    "AccuracyMap",
+    "accuracy_map",
     "BiasVariance",
     "NNGPRegressor",
     "NTKRegressor",

@@ -264,6 +264,86 @@ def phase_diagram(
     console.print(f"figure written to [bold]{out.resolve()}[/bold]; cells kept in {store}")
 
 
+@app.command("accuracy-map")
+def accuracy_map_cmd(
+    activation: Annotated[str, typer.Argument(help="Activation name, e.g. relu or tanh.")],
+    method: Annotated[str, typer.Option(help="nngp (infinite width) or trained.")] = "nngp",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A .npz with X, y (MNIST-like): the paper's split and preprocessing (first "
+            "100 per class for training, per-example standardised); default the bundled digits."
+        ),
+    ] = None,
+    C_W_min: Annotated[float, typer.Option("--C-W-min")] = 0.5,
+    C_W_max: Annotated[float, typer.Option("--C-W-max")] = 4.0,
+    C_W_num: Annotated[int | None, typer.Option("--C-W-num", min=1)] = None,
+    C_b_min: Annotated[float, typer.Option("--C-b-min")] = 0.0,
+    C_b_max: Annotated[float, typer.Option("--C-b-max")] = 2.0,
+    C_b_num: Annotated[int | None, typer.Option("--C-b-num", min=1)] = None,
+    depth: Annotated[
+        list[int] | None, typer.Option(help="Depth L; repeat (default 5 20 50).")
+    ] = None,
+    n_test: Annotated[int | None, typer.Option(min=1, help="Test examples (default all).")] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Result store for --method trained (resumable).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Figure (.png/.pdf); a .csv goes beside it.")] = Path(
+        "accuracy-map.png"
+    ),
+) -> None:
+    """Test accuracy over (C_W, C_b) at several depths with the χ⊥ = 1 line (Lee et al. 2017)."""
+    import numpy as np
+
+    from pdlt.experiment.accuracy_map import accuracy_map, digits_split, paper_split
+
+    trained = method == "trained"
+    try:
+        if method not in ("nngp", "trained"):
+            raise ValueError(f"--method must be nngp or trained, got {method!r}")
+        cw = np.linspace(C_W_min, C_W_max, C_W_num or (8 if trained else 15))
+        cb = np.linspace(C_b_min, C_b_max, C_b_num or (5 if trained else 11))
+        if data is None:
+            XA, yA, XB, yB = digits_split(n_test=n_test)
+        else:
+            with np.load(data) as arrays:
+                if "X" not in arrays or "y" not in arrays:
+                    raise ValueError(f"{data} must hold arrays named X and y")
+                X, y = arrays["X"].reshape(len(arrays["X"]), -1), arrays["y"]
+            XA, yA, XB, yB = paper_split(X, y, n_test=n_test)
+        extra = {"store": store} if trained else {}
+        t0 = time.perf_counter()
+        res = accuracy_map(
+            activation,
+            cw,
+            cb,
+            tuple(depth) if depth else (5, 20, 50),
+            XA,
+            yA,
+            XB,
+            yB,
+            method=method,
+            **extra,
+        )
+    except (ValueError, TypeError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res.plot().savefig(out, dpi=120, bbox_inches="tight")
+    res.to_frame().to_csv(out.with_suffix(".csv"), index=False)
+    tab = Table(title=f"accuracy map, {activation}, {method} ({time.perf_counter() - t0:.0f} s)")
+    for col in ("depth", "best accuracy", "best C_W (median over C_b)", "degenerate points"):
+        tab.add_column(col)
+    for d, L in enumerate(res.depths):
+        tab.add_row(
+            str(L),
+            f"{res.accuracy[d].max():.3f}",
+            f"{np.median(res.best_C_W()[d]):.3g}",
+            str(int(res.degenerate[d].sum())),
+        )
+    console.print(tab)
+    console.print(f"figure written to [bold]{out.resolve()}[/bold]")
+
+
 @app.callback()
 def _root() -> None:
     """pdlt: theory vs real networks."""
