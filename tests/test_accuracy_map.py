@@ -106,7 +106,8 @@ def test_table_route_equals_exact_route(small, act):
         scale = q[:, None, None]
         assert torch.all((K_BA - E[:, NA:, :NA]).abs() <= (err + 1e-13) * scale)
         assert torch.all((K_AA - E[:, low[0], low[1]]).abs() <= (err + 1e-13) * scale[:, :, 0])
-        np.testing.assert_allclose(q, torch.diagonal(E, dim1=1, dim2=2)[:, 0], rtol=1e-12)
+        # ~1e-13 per layer from each route's quadrature, over up to 30 layers
+        np.testing.assert_allclose(q, torch.diagonal(E, dim1=1, dim2=2)[:, 0], rtol=5e-12)
 
 
 def test_routes_give_the_same_map(small):

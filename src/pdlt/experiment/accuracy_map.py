@@ -52,16 +52,16 @@ import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import roots_legendre
 
 from pdlt.activations import Activation
 from pdlt.activations import activation as _activation
+from pdlt.gaussian import hermite_coefficients
+from pdlt.gaussian.mehler import horner
 
 Tensor = torch.Tensor
 _DT = torch.float64
@@ -84,7 +84,6 @@ TABLE_NODES = 1025  # cosine-table nodes for closed forms (the error estimate us
 MEHLER_TABLE_NODES = 513  # for the Mehler route, whose cost grows with the nodes × series order
 _MEHLER_KMAX = 400
 _MEHLER_TOL = 1e-14  # relative Parseval tail at which the series is cut
-_QUAD_NODES = 1600  # Gauss–Legendre nodes on [−12, 12] for the Hermite coefficients
 _EQUAL_NORM_RTOL = 1e-10
 # Error of one layer's expectation relative to ⟨σ²⟩: quadrature for the Mehler coefficients
 # (measured ~1e-13 against a 3000² product rule), round-off for closed forms.
@@ -184,42 +183,17 @@ def _inputs(X: object, what: str) -> np.ndarray:
 # the kernel over the grid: cosine-table route
 
 
-@lru_cache(maxsize=4)
-def _hermite_rule(kmax: int, q: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Nodes u, weights w·φ(u) (composite Gauss–Legendre on [−12, 0] ∪ [0, 12], split at 0 for
-    kinks there) and the orthonormal Hermite table He_k(u)/√k! (Q, kmax+1)."""
-    x, w = roots_legendre(q // 2)
-    u = np.concatenate([6.0 * (x - 1.0), 6.0 * (x + 1.0)])
-    wt = np.concatenate([6.0 * w, 6.0 * w]) * np.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
-    u_t = torch.as_tensor(u, dtype=_DT)
-    H = torch.empty((u.size, kmax + 1), dtype=_DT)
-    h_prev, h = torch.zeros_like(u_t), torch.ones_like(u_t)
-    for k in range(kmax + 1):
-        H[:, k] = h
-        h_prev, h = h, (u_t * h - math.sqrt(k) * h_prev) / math.sqrt(k + 1)
-    return u_t, torch.as_tensor(wt, dtype=_DT), H
-
-
 def _mehler_layer(act: Activation, q: Tensor, rho: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """⟨σσ⟩, ⟨σ'σ'⟩ on the table and ⟨σ²⟩ at equal variances q (G,) and correlations ρ (G, M)
-    by the Mehler series ⟨σ(z_a)σ(z_b)⟩ = Σ_k c_k² ρ^k, c_k = ⟨σ(√q u) He_k(u)⟩/√k!; its
+    by the Mehler series ⟨σ(z_a)σ(z_b)⟩ = Σ_k c_k² ρ^k (:mod:`pdlt.gaussian.mehler`); its
     ρ-derivative over q is ⟨σ'σ'⟩ (Price). Also returns the relative Parseval tail (G,)."""
-    u, w, H = _hermite_rule(_MEHLER_KMAX, _QUAD_NODES)
-    vals = act.fn(torch.sqrt(q)[:, None] * u[None, :])
-    second = (vals * vals * w).sum(1)  # ⟨σ²⟩_q
-    c2 = ((vals * w) @ H) ** 2  # (G, kmax+1)
+    c, second = hermite_coefficients(act.fn, q, _MEHLER_KMAX, kinks=act.kinks)
+    c2 = c**2  # (G, kmax+1)
     scale = torch.clamp(second, min=1e-300)
     tail = torch.clamp(second[:, None] - torch.cumsum(c2, 1), min=0.0) / scale[:, None]
     ok = torch.nonzero((tail <= _MEHLER_TOL).all(0))
     kcut = int(ok[0]) if ok.numel() else _MEHLER_KMAX
-    c2 = c2[:, : kcut + 1]
-    k = torch.arange(kcut + 1, dtype=_DT)
-    val = c2[:, -1:].expand_as(rho).clone()
-    der = (kcut * c2[:, -1:]).expand_as(rho).clone()
-    for j in range(kcut - 1, -1, -1):  # Horner for Σ c_k² ρ^k and Σ k c_k² ρ^{k−1}
-        val.mul_(rho).add_(c2[:, j : j + 1])
-        if j >= 1:
-            der.mul_(rho).add_(k[j] * c2[:, j : j + 1])
+    val, der = horner(c2[:, : kcut + 1].T[:, :, None], rho, derivative=True)
     return val, der / q[:, None], second, tail[:, kcut]
 
 
