@@ -121,3 +121,28 @@ def test_residual_vertex_mc(act, A2):
             naive = 2 * (1 - g**2) ** 2 * 4
             assert th.normalized[-1, 0] == pytest.approx(2 * (1 - g**4) * 4)
             assert (ms.V[-1, 0, 0, 0, 0] / K**2 - naive) > 5 * ms.V_err[-1, 0, 0, 0, 0] / K**2
+
+
+def test_residual_critical_point_and_aspect_ratio():
+    """C_W(γ) = (1 − γ²)/A₂ (B.20) and (1 − γ²)/σ₁² (B.21); ν(γ) = (2/3)(1 − γ⁴) for K* = 0
+    (B.35) is what the residual vertex recursion gives deep in the network (slope at ℓ ≈ 300);
+    r* = (4/(20 + 3n_L))/ν (A.73, B.36)."""
+    assert pdlt.critical_point("relu", skip=0.5).C_W == pytest.approx(1.5)
+    cp = pdlt.critical_point("tanh", skip=0.5)
+    assert cp.C_W == pytest.approx(0.75) and cp.C_b == 0.0
+    assert cp.vertex_growth == pytest.approx(0.625)
+    net = pdlt.MLP("tanh", depth=300, width=100, input_dim=1, output_dim=100, C_W=0.75, skip=0.5)
+    v = pdlt.four_point_vertex(net, [[1.0]]).normalized[:, 0]
+    assert np.diff(v)[-1] == pytest.approx(0.625, rel=0.01)
+    lin = pdlt.critical_point("linear", skip=0.5)
+    assert lin.vertex_growth == pytest.approx(2 * (1 - 0.5**4))
+    assert pdlt.optimal_aspect_ratio("tanh") == pytest.approx(4 / 23 / (2 / 3))
+    assert pdlt.optimal_aspect_ratio("relu", output_dim=10) == pytest.approx(4 / 50 / 5)
+    assert pdlt.optimal_aspect_ratio("tanh", skip=0.5) == pytest.approx(4 / 23 / 0.625)
+    assert pdlt.critical_point("relu", skip=0.5).vertex_growth is None
+    with pytest.raises(ValueError, match="ν is not available"):
+        pdlt.optimal_aspect_ratio("relu", skip=0.5)
+    with pytest.raises(ValueError, match="no criticality"):
+        pdlt.optimal_aspect_ratio("sigmoid")
+    with pytest.raises(ValueError, match="γ² < 1"):
+        pdlt.critical_point("tanh", skip=1.2)
