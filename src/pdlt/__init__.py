@@ -30,6 +30,7 @@ from pdlt.theory.criticality import (
     phase_diagram,
     universality_class,
 )
+from pdlt.theory.design import optimal_aspect_ratio
 from pdlt.theory.dntk import DNTKStatistics, NTKCorrection, dntk, ntk_correction
 from pdlt.theory.kernel import Kernel, kernel
 from pdlt.theory.learning import (
@@ -92,6 +93,7 @@ __all__ = [
     "compare",
     "critical_line",
     "critical_point",
+    "optimal_aspect_ratio",
     "criticality",
     "empirical_dntk",
     "empirical_ntk",

@@ -46,7 +46,7 @@ def network_differences(a: MLP, b: MLP, statistics: tuple[str, ...] = ()) -> lis
     out = []
     if _activation_spec(a) != _activation_spec(b):
         out.append(f"activation: {a.activation!r} vs {b.activation!r}")
-    fields = ["depth", "input_dim", "C_b", "C_W"]
+    fields = ["depth", "input_dim", "C_b", "C_W", "skip"]
     if NTK_STATISTICS.intersection(statistics):
         fields += ["lambda_b", "lambda_W"]
     for f in fields:

@@ -165,7 +165,8 @@ def forward_chunks(
     """Sample ``n_networks`` networks of ``net`` and yield their preactivations chunk by chunk.
 
     Network m draws, layer by layer, W^{(ℓ)} ~ N(0, C_W/n_{ℓ−1}) then b^{(ℓ)} ~ N(0, C_b) from its
-    own stream (:func:`draw_parameters`): the same networks whatever ``max_memory``.
+    own stream (:func:`draw_parameters`): the same networks whatever ``max_memory``. Residual
+    layers add γ^{(ℓ)} z^{(ℓ−1)} (book eq. B.3; ``net.skip``).
     """
     B = min(chunk_size(net, x.shape[0], dtype, max_memory), n_networks)
     xt = x.to(device=device, dtype=dtype).T  # (n_0, N)
@@ -178,6 +179,8 @@ def forward_chunks(
         for ell in range(net.depth):
             W, b = Ws[ell], bs[ell]
             z = torch.baddbmm(b, W, h) if h.ndim == 3 else torch.matmul(W, h).add_(b)
+            if net.skip[ell] != 0.0:  # residual layer (book eq. B.3): + γ z^{(ℓ−1)}
+                z.add_(zs[-1], alpha=net.skip[ell])
             zs.append(z)
             if ell < net.depth - 1:
                 h = net.activation(z)

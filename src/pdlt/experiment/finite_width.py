@@ -20,6 +20,11 @@ products of z). The statistics (one number per network, then across networks):
 ``V``                n_{ℓ−1} Cov(Ĝ_ab, Ĝ_cd) across networks             (L, N, N, N, N)
 ``excess_kurtosis``  E[z⁴]/E[z²]² − 3 = 3 Var(Ĝ_aa)/E[Ĝ_aa]²             (L, N)
 
+A residual layer (book eq. B.3) has no such metric: z^{(ℓ)} given layer ℓ−1 has mean γ z^{(ℓ−1)}.
+There Ĝ is the layer's empirical kernel (1/n) Σ_i z_i z_iᵀ, whose n·Cov carries the same-neuron
+Gaussian part G_ac G_bd + G_ad G_bc besides V; it is subtracted with the measured G (V is then
+exact to O(1/n), and the kurtosis 3 Var/E² − 6/n).
+
 V and the kurtosis are the exact connected four-point function (all orders in 1/n); the theory
 gives their leading order.
 
@@ -57,10 +62,26 @@ def stochastic_metric(net: MLP, chunk: Chunk, first: Tensor | None = None) -> Te
         first = first_layer_kernel(x, net.C_b[0], net.C_W[0])
     out = [first.to(chunk.z[0].device).expand(B, -1, -1)]
     for layer in range(2, net.depth + 1):
+        if net.skip[layer - 1] != 0.0:
+            # residual layer: z^{(ℓ)} | z^{(ℓ−1)} has mean γ z^{(ℓ−1)}, so there is no
+            # conditional covariance shared by the neurons; use the layer's own empirical kernel
+            z = chunk.z[layer - 1].to(_F64)  # (B, n_ℓ, N)
+            out.append(torch.bmm(z.transpose(1, 2), z) / z.shape[1])
+            continue
         s = net.activation(chunk.z[layer - 2]).to(_F64)  # (B, n_{ℓ−1}, N)
         gram = torch.bmm(s.transpose(1, 2), s) / s.shape[1]
         out.append(net.C_b[layer - 1] + net.C_W[layer - 1] * gram)
     return torch.stack(out, dim=1)
+
+
+def _single_neuron_part(G: Tensor, pairs: Tensor) -> Tensor:
+    """G_ac G_bd + G_ad G_bc over pairs p = (a, b), q = (c, d): (L, P, P). The Gaussian
+    same-neuron term in n Cov(Ĝ_emp) of an empirical kernel Ĝ_emp = (1/n) Σ_i z_i z_iᵀ:
+    n Cov(Ĝ_ab, Ĝ_cd) = G_ac G_bd + G_ad G_bc + V_(ab)(cd) + O(1/n)."""
+    a, b = pairs[:, 0], pairs[:, 1]
+    return G[:, a[:, None], a[None, :]] * G[:, b[:, None], b[None, :]] + (
+        G[:, a[:, None], b[None, :]] * G[:, b[:, None], a[None, :]]
+    )
 
 
 class FiniteWidthEstimator:
@@ -125,6 +146,12 @@ class FiniteWidthEstimator:
         K1_err = n3 * G_err
         V = n3 * cov * unbiased
         V_err = n3 * torch.sqrt(var_cov)
+        # residual layers measure the empirical kernel of z itself: remove its same-neuron
+        # Gaussian part, with the measured G (its error, O(1/√(nM)) relative, is left out)
+        res = torch.tensor([g != 0.0 for g in self.net.skip], dtype=torch.bool)
+        if res.any():
+            gauss = _single_neuron_part(G, self.pairs)
+            V = torch.where(res[:, None, None], V - gauss, V)
         # excess kurtosis per input from the diagonal pairs (a, a)
         _, index = input_pairs(self.N)
         diag = index[torch.arange(self.N), torch.arange(self.N)]
@@ -138,6 +165,8 @@ class FiniteWidthEstimator:
         mu4 = c4[:, diag, diag]
         m = torch.where(m != 0, m, 1.0)  # a zero-variance input: Ĝ_aa ≡ 0, v = 0
         kurt = 3 * v / m**2
+        if res.any():  # Var(Ĝ_aa) = (2G_aa² + V)/n for the empirical kernel of z
+            kurt = torch.where(res[:, None], kurt - 6.0 / n_prev[:, None], kurt)
         var_if = 9 * ((mu4 - v * v) / m**4 - 4 * v * mu3 / m**5 + 4 * v**3 / m**6)
         kurt_err = torch.sqrt(torch.clamp(var_if, min=0.0) / M)
         N = self.N

@@ -136,7 +136,16 @@ def chunk_ntk(
                 back = W[:, rows, None, :].expand(B, k, N, W.shape[2])
             else:
                 back = torch.bmm(g.reshape(B, k * N, -1), W).view(B, k, N, -1)
-            g = back * dsig[:, None, :, :]
+            g_next = back * dsig[:, None, :, :]
+            gamma = net.skip[lp - 1]
+            if gamma != 0.0:  # residual: dz^{(ℓ')}/dz^{(ℓ'−1)} = W σ' + γ·1 (eq. B.3)
+                if g is None:
+                    one = torch.zeros((k, W.shape[2]), dtype=dt, device=dev)
+                    one[torch.arange(k), rows] = 1.0
+                    g_next = g_next + gamma * one[None, :, None, :]
+                else:
+                    g_next = g_next + gamma * g
+            g = g_next
     if contributions:
         return torch.stack(parts[::-1], dim=1)
     return torch.stack(parts).sum(dim=0)

@@ -207,9 +207,10 @@ def _record_steps(record: object, steps: int) -> np.ndarray:
 
 def _forward(net: MLP, Ws: list[Tensor], bs: list[Tensor], x: Tensor) -> Tensor:
     """z^{(L)} of B networks on inputs x (n_0, N): (B, n_L, N)."""
-    h = x
+    h, z = x, None
     for ell, (W, b) in enumerate(zip(Ws, bs, strict=True)):
-        z = torch.baddbmm(b, W, h) if h.ndim == 3 else torch.matmul(W, h) + b
+        zn = torch.baddbmm(b, W, h) if h.ndim == 3 else torch.matmul(W, h) + b
+        z = zn + net.skip[ell] * z if net.skip[ell] != 0.0 else zn  # residual (eq. B.3)
         h = net.activation(z) if ell < net.depth - 1 else z
     return h
 
@@ -220,6 +221,8 @@ def _output_ntk(net: MLP, Ws: list[Tensor], bs: list[Tensor], x: Tensor) -> Tens
     zs, h = [], x
     for ell, (W, b) in enumerate(zip(Ws, bs, strict=True)):
         z = torch.baddbmm(b, W, h) if h.ndim == 3 else torch.matmul(W, h) + b
+        if net.skip[ell] != 0.0:  # residual (eq. B.3)
+            z = z + net.skip[ell] * zs[-1]
         zs.append(z)
         h = net.activation(z) if ell < net.depth - 1 else z
     chunk = Chunk(z=tuple(zs), W=tuple(Ws), b=tuple(bs), x=x, start=0)

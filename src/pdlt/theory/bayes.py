@@ -58,7 +58,7 @@ import scipy.linalg
 import torch
 
 from pdlt.gaussian import LayerMoments
-from pdlt.network import MLP
+from pdlt.network import MLP, require_plain
 from pdlt.theory.layers import LayerState, Recursion, gram, propagate
 from pdlt.theory.vertex import CORRECTION, VERTEX, kernel_jacobian, pairs_to_tensor
 
@@ -120,6 +120,7 @@ class PriorStatistics:
 def prior_statistics(net: MLP, x: Tensor, *, tol: float = 1e-7) -> PriorStatistics:
     """K^{(L)}, K^{{1}(L)}, V^{(L)} and the inter-layer vertices V^{(ℓ,L)} on the inputs x (one
     layer walk running CORRECTION and :data:`CROSS_VERTEX`)."""
+    require_plain(net, "the finite-width Bayesian posterior")
     walk = propagate(net, gram(x), [CORRECTION, CROSS_VERTEX], tol=tol)
     last = walk.states[-1]
     N = x.shape[0]

@@ -46,7 +46,7 @@ import torch
 
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
-from pdlt.network import MLP, validate_inputs
+from pdlt.network import MLP, require_plain, validate_inputs
 from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
 from pdlt.theory.ntk import FLUCTUATIONS, MAX_FLUCTUATION_INPUTS
 from pdlt.theory.vertex import CORRECTION, pairs_to_tensor
@@ -231,6 +231,7 @@ class NTKCorrection:
 
 
 def _checked_inputs(net: MLP, x: np.ndarray | Tensor, what: str) -> Tensor:
+    require_plain(net, what)
     xt = validate_inputs(net, x)
     if xt.shape[0] > MAX_FLUCTUATION_INPUTS:
         raise ValueError(

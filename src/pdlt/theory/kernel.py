@@ -8,6 +8,8 @@ with covariance δ_ij K^{(ℓ)}_{αβ} over the inputs. The first layer is exact
 and each layer follows from the last by the kernel map
 
     K^{(ℓ+1)}_{αβ} = C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}}       (§4.3)
+
+A residual layer z^{(ℓ+1)} = b + Wσ(z^{(ℓ)}) + γ z^{(ℓ)} adds γ² K^{(ℓ)} (book eq. B.11, ξ = 1).
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ def first_layer_kernel(x: Tensor, C_b: float, C_W: float) -> Tensor:
 
 def kernel_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[str, Tensor]:
     """The kernel map K^{(ℓ)} → K^{(ℓ+1)} (book §4.3), ``layer`` = ℓ+1:
-    K^{(ℓ+1)}_{αβ} = C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}}."""
+    K^{(ℓ+1)}_{αβ} = C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}} + γ² K^{(ℓ)}_{αβ},
+    the last term for a residual layer (γ = ``net.skip[ℓ]``, book eq. B.11 with ξ = 1)."""
     i = layer - 1
-    return {"K": net.C_b[i] + net.C_W[i] * m.ss}
+    K = net.C_b[i] + net.C_W[i] * m.ss
+    gamma = net.skip[i]
+    return {"K": K + gamma**2 * prev.K if gamma != 0.0 else K}
 
 
 KERNEL = Recursion(

@@ -33,7 +33,7 @@ import torch
 
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
-from pdlt.network import MLP, validate_inputs
+from pdlt.network import MLP, require_plain, validate_inputs
 from pdlt.theory.kernel import KERNEL
 from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
 from pdlt.theory.vertex import VERTEX, pairs_to_tensor
@@ -84,10 +84,14 @@ def first_layer_ntk(x: Tensor, lambda_b: float, lambda_W: float) -> Tensor:
 def ntk_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[str, Tensor]:
     """The frozen-NTK recursion (book §8.2), Θ^{(ℓ)} → Θ^{(ℓ+1)} with ``layer`` = ℓ+1:
 
-    λ_b^{(ℓ+1)} + λ_W^{(ℓ+1)} ⟨σσ⟩_{K^{(ℓ)}} + C_W^{(ℓ+1)} ⟨σ'σ'⟩_{K^{(ℓ)}} Θ^{(ℓ)}.
+    λ_b^{(ℓ+1)} + λ_W^{(ℓ+1)} ⟨σσ⟩_{K^{(ℓ)}} + C_W^{(ℓ+1)} ⟨σ'σ'⟩_{K^{(ℓ)}} Θ^{(ℓ)},
+
+    plus γ² Θ^{(ℓ)} for a residual layer: with z' = b + Wσ(z) + γz the forward equation gains
+    γ² Ĥ^{(ℓ)} and the cross terms γ(Wσ'Ĥ + Ĥσ'Wᵀ), whose means vanish (E[W] = 0).
     """
     i = layer - 1
-    return {"Theta": net.lambda_b[i] + net.lambda_W[i] * m.ss + net.C_W[i] * m.dd * prev.Theta}
+    chi = net.C_W[i] * m.dd + net.skip[i] ** 2  # a residual layer adds γ² Θ (eq. B.3)
+    return {"Theta": net.lambda_b[i] + net.lambda_W[i] * m.ss + chi * prev.Theta}
 
 
 NTK_MEAN = Recursion(
@@ -328,6 +332,7 @@ def ntk_fluctuations(net: MLP, x: np.ndarray | Tensor) -> NTKFluctuations:
     >>> fl = pdlt.ntk_fluctuations(net, np.ones((1, 4)))
     >>> fl.A[:, 0, 0, 0, 0]        # 0, 13, 61, 166, 350
     """
+    require_plain(net, "ntk_fluctuations")
     xt = validate_inputs(net, x)
     N = xt.shape[0]
     if N > MAX_FLUCTUATION_INPUTS:

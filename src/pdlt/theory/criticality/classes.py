@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from scipy import optimize
 
+from pdlt._validation import real
 from pdlt.activations import Activation
 from pdlt.theory.criticality._common import (
     DT,
@@ -143,6 +144,7 @@ class CriticalPoint(Printable):
     kink_power: tuple[float, float] | None = None
     others: tuple[dict, ...] = field(default_factory=tuple)
     note: str = ""
+    skip: float = 0.0
 
     @property
     def exists(self) -> bool:
@@ -368,7 +370,7 @@ def _no_criticality_reason(
 
 
 @clear_overflow
-def critical_point(activation: ActivationLike) -> CriticalPoint:
+def critical_point(activation: ActivationLike, *, skip: float = 0.0) -> CriticalPoint:
     """The book's criticality χ_∥(K*) = χ_⊥(K*) = 1: C_b, C_W, K*, universality class and the
     stability of K* (book §5.2–5.3).
 
@@ -383,8 +385,63 @@ def critical_point(activation: ActivationLike) -> CriticalPoint:
     >>> cp = pdlt.critical_point("swish")
     >>> cp.universality_class, round(cp.C_b, 6), round(cp.C_W, 6)
     ('half-stable', 0.555143, 1.988005)
+
+    With ``skip`` = γ (a residual MLP, book App. B) the single-input map is
+    F(K) = C_b + C_W g(K) + γ²K, so K* = C_b/(1−γ²) + (C_W/(1−γ²)) g(K*) and
+    χ = (1−γ²)χ̃ + γ² with χ̃ the plain susceptibility at (C_b, C_W)/(1−γ²): the critical point
+    is the plain one scaled by 1 − γ² (book eq. B.20: C_W = (1−γ²)/A₂; B.21: (1−γ²)/σ₁²), with
+    the same K* and class. ``vertex_growth`` becomes ν(γ) (:func:`residual_nu`).
+
+    >>> pdlt.critical_point("relu", skip=0.5).C_W
+    1.5
     """
-    return _critical_point_cached(_act_key(activation))
+    g = real("skip", skip)
+    act = _act_key(activation)
+    cp = _critical_point_cached(act)
+    if g == 0.0:
+        return cp
+    if g * g >= 1.0:
+        raise ValueError(
+            f"skip must satisfy |γ| < 1 for criticality (χ = C_W⟨σ'²⟩ + γ² = 1 needs γ² < 1), "
+            f"got {g:g}"
+        )
+    if not cp.exists:
+        return replace(cp, skip=g)
+    f = 1.0 - g * g
+    nu = residual_nu(cp, g, act)
+    note = cp.note + (
+        f" Residual γ = {g:g}: C_b, C_W scaled by 1 − γ² = {f:g} (book eqs. B.20–B.21)."
+    )
+    if nu is None:
+        note += (
+            " ν(γ) not given: the residual four-point recursion closes on V only for odd σ "
+            "(see pdlt.theory.vertex.check_residual_vertex)."
+        )
+    return replace(cp, C_b=cp.C_b * f, C_W=cp.C_W * f, vertex_growth=nu, skip=g, note=note.strip())
+
+
+def residual_nu(cp: CriticalPoint, gamma: float, act: Activation) -> float | None:
+    """ν(γ), the slope of V^{(ℓ)}/K^{(ℓ)2} in ℓ at residual criticality (book eqs. B.29, B.35).
+
+    From the residual vertex recursion (pdlt.theory.vertex.vertex_step): with J + γ² = 1 the
+    per-layer increment is C_W²Var[σ²]/K² + 4γ²C_W Cov(z², σ²)/K², which gives
+    (1−γ²)²(3A₄/A₂² − 1) + 4γ²(1−γ²) for the scale-invariant class and (2/3)(1 − γ⁴) for
+    K* = 0 (B.35; the recursion run to ℓ = 400 reproduces it to 0.3%). None where that
+    recursion does not hold (non-odd σ: ReLU and the whole scale-invariant class except the
+    linear σ, half-stable classes); γ = 0 is the plain ν.
+    """
+    if gamma == 0.0:
+        return cp.vertex_growth
+    g2 = gamma * gamma
+    from pdlt.theory.vertex import _is_odd
+
+    if not _is_odd(act):
+        return None
+    if cp.universality_class == "K*=0":
+        return (2.0 / 3.0) * (1.0 - g2 * g2)
+    if cp.universality_class == "scale-invariant":
+        return (1 - g2) ** 2 * (3 * cp.A4 / cp.A2**2 - 1) + 4 * g2 * (1 - g2)
+    return None
 
 
 def _act_key(activation: ActivationLike) -> Activation:
