@@ -214,6 +214,14 @@ ALLOWANCES: dict[str, Allowance] = {
             "excess_kurtosis",
             "kernel_shift",
             "ntk_relative_variance",
+            "P",
+            "Q",
+            "R",
+            "S",
+            "T",
+            "U",
+            "Theta1",
+            "ntk_change",
         )
     },
     "correlation": Allowance(

@@ -25,6 +25,7 @@ SECTIONS: tuple[str, ...] = (
     "pdlt.report.sections.ntk:ntk_section",
     "pdlt.report.sections.learning:learning_section",
     "pdlt.report.sections.bayes:bayes_section",
+    "pdlt.report.sections.representation:representation_section",
     "pdlt.report.sections.accuracy_map:accuracy_map_section",
 )
 
