@@ -18,8 +18,11 @@ where plain Gauss–Hermite stalls near 1e-3 for ReLU.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -41,6 +44,66 @@ _MAX_Q = 2400
 # piece is smooth on its own length and the node count per piece stops growing with s.
 SPLIT_SCALE = 4.0
 TRANSITIONS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the memory cap: one number every cubature route sizes its chunks by
+
+DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes
+BYTES_PER_NODE = 8 * 12  # float64 values held per node at once (coordinates, weights, values)
+_MAX_MEMORY: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "pdlt_max_memory", default=None
+)
+
+
+def max_memory() -> int:
+    """The memory cap in bytes for the Gaussian engine's work arrays: the innermost
+    :func:`memory_limit`, else the environment variable ``PDLT_MAX_MEMORY`` (bytes, or with a
+    K/M/G suffix: ``"8G"``), else 2 GiB."""
+    v = _MAX_MEMORY.get()
+    if v is not None:
+        return v
+    env = os.environ.get("PDLT_MAX_MEMORY", "").strip()
+    if not env:
+        return DEFAULT_MAX_MEMORY
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(env[-1].upper(), 1)
+    try:
+        value = float(env[:-1] if scale > 1 else env) * scale
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 2**20:
+        raise ValueError(
+            f"PDLT_MAX_MEMORY must be a number of bytes ≥ 1M (e.g. 4000000000 or 4G), got {env!r}"
+        )
+    return int(value)
+
+
+@contextlib.contextmanager
+def memory_limit(max_bytes: int | None) -> Iterator[None]:
+    """Within the block, cap the engine's work arrays at ``max_bytes`` (None: leave as is)."""
+    token = _MAX_MEMORY.set(max_bytes) if max_bytes is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _MAX_MEMORY.reset(token)
+
+
+def node_budget(nodes_per_item: int, what: str) -> int:
+    """How many items (tuples, pairs) of ``nodes_per_item`` quadrature nodes each fit under the
+    memory cap at once (≥ 1); a ValueError naming the cap and how to raise it when one item
+    alone does not fit."""
+    cap = max_memory()
+    need = nodes_per_item * BYTES_PER_NODE
+    if need > cap:
+        raise ValueError(
+            f"{what} needs about {need / 2**20:,.0f} MiB for one integral "
+            f"({nodes_per_item:,} quadrature nodes), above the memory cap of "
+            f"{cap / 2**20:,.0f} MiB. Raise the cap with max_memory=<bytes> (theory entries) or "
+            "the environment variable PDLT_MAX_MEMORY (e.g. PDLT_MAX_MEMORY=8G), or use smaller "
+            "variances (C_W, |x|²/n_0) or fewer inputs."
+        )
+    return max(1, cap // need)
 
 
 @lru_cache(maxsize=64)
@@ -294,7 +357,9 @@ def _build(
         peak = max(peak, t * m)
         if val is not None:
             val = (val[:, :, None] * factors[k](zk)).reshape(t, m)
-            live = (val != 0).any(dim=0)
+            # nodes where the product vanishes (ReLU below its kink) or that carry no weight
+            # (pieces cut at break points outside the window) for the whole batch
+            live = ((val != 0) & (wt != 0)).any(dim=0)
             if not live.all():
                 u, wt, val = u[:, live], wt[:, live], val[:, live]
     return u, wt, val, peak
@@ -337,11 +402,15 @@ def expect_split(
     kk = torch.as_tensor(sorted(kinks), dtype=DTYPE)
     pieces = len(kinks) + 1 + (2 * len(kinks) if d == 2 else 0)
     out = torch.empty(T, dtype=DTYPE)
-    step = max(1, max_points // (pieces * q) ** d)
+    per_item = (pieces * q) ** d  # an upper bound: pruning removes many nodes
+    cap_points = max_memory() // BYTES_PER_NODE
+    max_points = min(max_points, cap_points)
+    step = max(1, max_points // per_item)
     s0 = 0
     while s0 < T:
         Lc = L[s0 : s0 + step]
         _, wt, val, peak = _build(Lc, kk, q, factors, window)
+        node_budget(-(-peak // Lc.shape[0]), f"a {d}-input Gaussian integral")  # one must fit
         out[s0 : s0 + Lc.shape[0]] = (val * wt).sum(dim=1)
         s0 += Lc.shape[0]
         # pruning makes the real size smaller than (pieces·q)^d: grow the chunk to fit the cap
