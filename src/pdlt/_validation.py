@@ -33,6 +33,7 @@ __all__ = [
     "per_layer",
     "positive",
     "real",
+    "real_array",
     "seed",
 ]
 
@@ -146,6 +147,48 @@ def per_layer(
             for i, item in enumerate(items)
         )
     return (real(name, v, min=min, min_inclusive=min_inclusive),) * depth
+
+
+def real_array(
+    name: str,
+    value: object,
+    *,
+    min: float | None = None,
+    min_inclusive: bool = True,
+    max_ndim: int | None = None,
+    allow_empty: bool = False,
+) -> np.ndarray:
+    """A real scalar or array (grids, variances) as a float64 numpy array, every entry checked
+    by the rules of :func:`real`: numpy arrays, torch tensors, nested lists and scalars of real
+    numeric kind; never bool, complex, strings (``"1"`` is not 1.0) or objects (TypeError),
+    never NaN/±inf or entries below ``min`` (ValueError). Scalars give 0-d arrays."""
+    v = _scalar(value)
+    if isinstance(v, torch.Tensor):
+        if v.is_complex() or v.dtype == torch.bool:
+            raise TypeError(f"{name} must be real numbers, got a {v.dtype} tensor")
+        a = v.detach().to("cpu", torch.float64).numpy()
+    elif isinstance(v, (np.ndarray, list, tuple)):
+        raw = np.asarray(v)
+        if raw.dtype.kind not in "iuf":
+            kind = {"b": "bool", "c": "complex", "U": "string", "S": "bytes", "O": "object"}
+            raise TypeError(
+                f"{name} must be real numbers, got {kind.get(raw.dtype.kind, str(raw.dtype))} data"
+            )
+        a = np.array(raw, dtype=np.float64)
+    else:
+        a = np.asarray(real(name, v, min=min, min_inclusive=min_inclusive), dtype=np.float64)
+    if max_ndim is not None and a.ndim > max_ndim:
+        raise ValueError(f"{name} must have at most {max_ndim} dimension(s), got shape {a.shape}")
+    if a.size == 0 and not allow_empty:
+        raise ValueError(f"{name} must not be empty")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    if min is not None:
+        low = a < min if min_inclusive else a <= min
+        if low.any():
+            bound = "≥" if min_inclusive else ">"
+            raise ValueError(f"{name} must be {bound} {min:g}, got {float(a[low].flat[0]):g}")
+    return a
 
 
 def as_inputs(input_dim: int, x: object, *, name: str = "x") -> torch.Tensor:

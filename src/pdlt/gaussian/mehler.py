@@ -24,6 +24,7 @@ from pdlt.gaussian.rules import (
     check_finite,
     nodes_per_piece,
     segment_rule,
+    transition_breaks,
     unit_breaks,
 )
 
@@ -52,8 +53,9 @@ def hermite_coefficients(
     ``second_moment − (c**2).sum(1)`` is the Parseval tail of the truncated series.
     """
     s = torch.sqrt(torch.clamp(as_tensor(var), min=0.0))
-    q = nodes_per_piece(float(s.max()) if s.numel() else 1.0, kmax)
-    breaks = unit_breaks(kinks, s)
+    s_max = float(s.max()) if s.numel() else 1.0
+    q = nodes_per_piece(s_max, kmax, split=True)
+    breaks = unit_breaks(transition_breaks(kinks, s_max), s)
     u, w = segment_rule(breaks, q)
     values = f(s[:, None] * u)
     second = check_finite((values**2 * w).sum(dim=1), "⟨f²⟩")

@@ -30,6 +30,7 @@ from pdlt.gaussian.rules import (
     expect,
     expect_split,
     nodes_per_piece,
+    transition_breaks,
 )
 
 DEFAULT_TOL = 1e-12
@@ -95,8 +96,10 @@ def expect_pairs(
     N = K.shape[0]
     s, rho = correlation(K)
     diag = expect(lambda z: f(z) * g(z), s * s, kinks=tuple(sorted(set(kinks_f + kinks_g))))
-    q2 = min(nodes_per_piece(float(s.max()) if N else 1.0), 192)
-    kinks = tuple(sorted(set(kinks_f + kinks_g)))
+    s_max = float(s.max()) if N else 1.0
+    q2 = min(nodes_per_piece(s_max, split=True), 192)
+    # the 2-D rule is cut at the kinks and, for large variances, at the transition region
+    kinks = transition_breaks(tuple(sorted(set(kinks_f + kinks_g))), s_max)
     symmetric = g is f
     # off-diagonal pairs to compute: the upper triangle when the matrix is symmetric
     if symmetric:

@@ -42,7 +42,13 @@ import torch
 
 from pdlt.gaussian.pairs import expect_pairs
 from pdlt.gaussian.rules import DTYPE as _DTYPE
-from pdlt.gaussian.rules import expect, expect_split
+from pdlt.gaussian.rules import (
+    SPLIT_SCALE,
+    expect,
+    expect_split,
+    node_budget,
+    transition_breaks,
+)
 
 Tensor = torch.Tensor
 Fn = Callable[[Tensor], Tensor]
@@ -193,8 +199,11 @@ def _expect_cubature(
     out = torch.empty(T, dtype=_DTYPE)
     for cv in torch.unique(codes, dim=0):
         rows = torch.nonzero((codes == cv).all(dim=1)).squeeze(1)
-        u, w = _product_grid(tuple(int(c) for c in cv), tol)
-        step = max(1, _MAX_POINTS // u.shape[0])
+        cvt = tuple(int(c) for c in cv)
+        m = math.prod(_rule_1d(c, tol)[0].shape[0] for c in cvt)  # before corner dropping
+        budget = node_budget(m, f"a {d}-input Gaussian integral (tanh-like cubature)")
+        u, w = _product_grid(cvt, tol)
+        step = max(1, min(_MAX_POINTS // u.shape[0], budget))
         for s in range(0, rows.shape[0], step):
             r = rows[s : s + step]
             z = torch.einsum("tij,mj->tmi", L[r], u)  # (t, m, d)
@@ -288,8 +297,14 @@ def expect_product(
             full = expect_pairs(F, G, K, kinks_f=tuple(kinks), kinks_g=tuple(kinks), kmax=PAIR_KMAX)
             out[rows] = full[inputs[:, 0], inputs[:, 1]]
         else:
-            if kinks:
-                out[rows] = _expect_kinked(fns, K, inputs, pattern, kinks, q_split[d], tol)
+            s_max = float(torch.sqrt(torch.clamp(torch.diagonal(K)[inputs], min=0.0)).max())
+            if kinks or (d == 3 and s_max > SPLIT_SCALE):
+                # three inputs at large variance: the kink-split rule cut at the transition
+                # region keeps the node count bounded (the cubature's trapezoidal step shrinks
+                # ∝ 1/√K, its node count grows ∝ K^{d/2}); four stay on the cubature, whose
+                # size the memory cap bounds (node_budget)
+                cuts = transition_breaks(tuple(kinks), s_max)
+                out[rows] = _expect_kinked(fns, K, inputs, pattern, cuts, q_split[d], tol)
             else:
                 out[rows] = _expect_cubature(fns, K, inputs, pattern, q[d], False, tol)
     if not torch.isfinite(out).all():

@@ -18,8 +18,11 @@ where plain Gauss–Hermite stalls near 1e-3 for ReLU.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,6 +37,73 @@ DTYPE = torch.float64
 WINDOW = 12.0  # half-width of the integration window in standard deviations
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _MAX_Q = 2400
+# Large variances: an activation changes shape only for |z| ≲ a few units (tanh, sigmoid,
+# softplus, swish, gelu, elu all reach their asymptotes exponentially fast), which is a sliver
+# 1/s wide in u = z/s. Above SPLIT_SCALE the rules cut the window at these geometrically spaced
+# points z = ±c (graded pieces resolve the exponential approach to the asymptote), so every
+# piece is smooth on its own length and the node count per piece stops growing with s.
+SPLIT_SCALE = 4.0
+TRANSITIONS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the memory cap: one number every cubature route sizes its chunks by
+
+DEFAULT_MAX_MEMORY = 2 * 2**30  # bytes
+BYTES_PER_NODE = 8 * 12  # float64 values held per node at once (coordinates, weights, values)
+_MAX_MEMORY: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "pdlt_max_memory", default=None
+)
+
+
+def max_memory() -> int:
+    """The memory cap in bytes for the Gaussian engine's work arrays: the innermost
+    :func:`memory_limit`, else the environment variable ``PDLT_MAX_MEMORY`` (bytes, or with a
+    K/M/G suffix: ``"8G"``), else 2 GiB."""
+    v = _MAX_MEMORY.get()
+    if v is not None:
+        return v
+    env = os.environ.get("PDLT_MAX_MEMORY", "").strip()
+    if not env:
+        return DEFAULT_MAX_MEMORY
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(env[-1].upper(), 1)
+    try:
+        value = float(env[:-1] if scale > 1 else env) * scale
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 2**20:
+        raise ValueError(
+            f"PDLT_MAX_MEMORY must be a number of bytes ≥ 1M (e.g. 4000000000 or 4G), got {env!r}"
+        )
+    return int(value)
+
+
+@contextlib.contextmanager
+def memory_limit(max_bytes: int | None) -> Iterator[None]:
+    """Within the block, cap the engine's work arrays at ``max_bytes`` (None: leave as is)."""
+    token = _MAX_MEMORY.set(max_bytes) if max_bytes is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _MAX_MEMORY.reset(token)
+
+
+def node_budget(nodes_per_item: int, what: str) -> int:
+    """How many items (tuples, pairs) of ``nodes_per_item`` quadrature nodes each fit under the
+    memory cap at once (≥ 1); a ValueError naming the cap and how to raise it when one item
+    alone does not fit."""
+    cap = max_memory()
+    need = nodes_per_item * BYTES_PER_NODE
+    if need > cap:
+        raise ValueError(
+            f"{what} needs about {need / 2**20:,.0f} MiB for one integral "
+            f"({nodes_per_item:,} quadrature nodes), above the memory cap of "
+            f"{cap / 2**20:,.0f} MiB. Raise the cap with max_memory=<bytes> (theory entries) or "
+            "the environment variable PDLT_MAX_MEMORY (e.g. PDLT_MAX_MEMORY=8G), or use smaller "
+            "variances (C_W, |x|²/n_0) or fewer inputs."
+        )
+    return max(1, cap // need)
 
 
 @lru_cache(maxsize=64)
@@ -51,13 +121,17 @@ def as_tensor(a: Tensor | np.ndarray | float) -> Tensor:
     return torch.as_tensor(a, dtype=DTYPE)
 
 
-def nodes_per_piece(scale_max: float, kmax: int = 0) -> int:
+def nodes_per_piece(scale_max: float, kmax: int = 0, *, split: bool = False) -> int:
     """Gauss–Legendre nodes per piece for a standard deviation up to ``scale_max``.
 
     The integrand φ(u) f(s·u) is analytic in a strip whose width shrinks like 1/s for functions
     with complex singularities (tanh: poles at iπ/2), so the node count grows ∝ s; Hermite
-    coefficients up to order k oscillate k/2 times across the window and need q ≳ k.
+    coefficients up to order k oscillate k/2 times across the window and need q ≳ k. With
+    ``split`` the rule is also cut at :func:`transition_breaks`, and the count stops growing at
+    ``SPLIT_SCALE``.
     """
+    if split:
+        scale_max = min(scale_max, SPLIT_SCALE)
     q = max(160, math.ceil(140 * scale_max), kmax + 96)
     return int(min(_MAX_Q, -(-q // 32) * 32))  # multiples of 32, so cached rules get reused
 
@@ -78,6 +152,18 @@ def segment_rule(breaks: Tensor, q: int, window: float = WINDOW) -> tuple[Tensor
     nodes = lo + half * (x + 1)
     weights = half * w * torch.exp(-0.5 * nodes * nodes) * _INV_SQRT_2PI
     return nodes.flatten(-2), weights.flatten(-2)
+
+
+def transition_breaks(kinks: Sequence[float], scale_max: float) -> tuple[float, ...]:
+    """The break points (in z) of a rule for standard deviations up to ``scale_max``: the kinks,
+    and above ``SPLIT_SCALE`` also the transition points ±c of :data:`TRANSITIONS` that lie
+    inside the window (|c| < s·T). Rules cut there need only :func:`nodes_per_piece` with
+    ``split=True`` nodes per piece at any variance (accuracy ≲1e-12 up to K = 10⁶, see
+    tests/test_gaussian_large_variance.py)."""
+    if not scale_max > SPLIT_SCALE:
+        return tuple(kinks)
+    extra = {sign * c for c in TRANSITIONS if c < scale_max * WINDOW for sign in (-1.0, 1.0)}
+    return tuple(sorted(set(kinks) | extra))
 
 
 def unit_breaks(kinks: Sequence[float], scale: Tensor) -> Tensor:
@@ -130,10 +216,13 @@ def expect(
     """⟨f(z)⟩ for z ~ N(0, var), elementwise over a tensor of variances (book §1.1).
 
     ``kinks`` lists points in z where f is not smooth; the quadrature splits there. Each band of
-    variances gets its own rule size (:func:`nodes_per_piece`). With ``with_unit`` f is called
-    as f(z, u) with u = z/√var the standardized variable (for Hermite weights). Accuracy:
-    ≲1e-12 relative for smooth f and for piecewise-smooth f with its kinks given, for
-    variances up to ~10².
+    variances gets its own rule size (:func:`nodes_per_piece`); bands of large variance are
+    also cut at the activation's transition region (:func:`transition_breaks`). With
+    ``with_unit`` f is called as f(z, u) with u = z/√var the standardized variable (for Hermite
+    weights). Accuracy: ≲1e-12 relative for smooth f and for piecewise-smooth f with its kinks
+    given, for variances from 1e-6 to 1e6 when f reaches its asymptotic form (constant or
+    polynomial) within |z| ≲ 16 (every built-in activation); oscillating f (sin) at large
+    variance needs its closed form.
     """
     var = as_tensor(var)
     shape = var.shape
@@ -141,7 +230,10 @@ def expect(
     out = torch.empty_like(s)
     with torch.no_grad():  # user callables' autograd derivatives must not build graphs here
         for q, idx in _bands(s):
-            u, w = segment_rule(unit_breaks(kinks, s[idx]), q)
+            s_max = float(s[idx].max())
+            if s_max > SPLIT_SCALE:  # large variances: cut at the transitions too
+                q = nodes_per_piece(s_max, split=True)
+            u, w = segment_rule(unit_breaks(transition_breaks(kinks, s_max), s[idx]), q)
             z = s[idx][:, None] * u
             out[idx] = ((f(z, u) if with_unit else f(z)) * w).sum(dim=1)
     return check_finite(out, "a Gaussian expectation").reshape(shape)
@@ -292,7 +384,9 @@ def _build(
         peak = max(peak, t * m)
         if val is not None:
             val = (val[:, :, None] * factors[k](zk)).reshape(t, m)
-            live = (val != 0).any(dim=0)
+            # nodes where the product vanishes (ReLU below its kink) or that carry no weight
+            # (pieces cut at break points outside the window) for the whole batch
+            live = ((val != 0) & (wt != 0)).any(dim=0)
             if not live.all():
                 u, wt, val = u[:, live], wt[:, live], val[:, live]
     return u, wt, val, peak
@@ -335,11 +429,15 @@ def expect_split(
     kk = torch.as_tensor(sorted(kinks), dtype=DTYPE)
     pieces = len(kinks) + 1 + (2 * len(kinks) if d == 2 else 0)
     out = torch.empty(T, dtype=DTYPE)
-    step = max(1, max_points // (pieces * q) ** d)
+    per_item = (pieces * q) ** d  # an upper bound: pruning removes many nodes
+    cap_points = max_memory() // BYTES_PER_NODE
+    max_points = min(max_points, cap_points)
+    step = max(1, max_points // per_item)
     s0 = 0
     while s0 < T:
         Lc = L[s0 : s0 + step]
         _, wt, val, peak = _build(Lc, kk, q, factors, window)
+        node_budget(-(-peak // Lc.shape[0]), f"a {d}-input Gaussian integral")  # one must fit
         out[s0 : s0 + Lc.shape[0]] = (val * wt).sum(dim=1)
         s0 += Lc.shape[0]
         # pruning makes the real size smaller than (pieces·q)^d: grow the chunk to fit the cap

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.gaussian import LayerMoments
+from pdlt.gaussian.rules import memory_limit
 from pdlt.network import MLP
 
 Tensor = torch.Tensor
@@ -131,6 +133,7 @@ def propagate(
     *,
     tol: float = 1e-7,
     keep_moments: bool = False,
+    max_memory: int | None = None,
 ) -> Walk:
     """Walk layers 1…L of ``net`` once, running every recursion (and what it requires).
 
@@ -146,13 +149,36 @@ def propagate(
         Relative accuracy of the 3-/4-input Gaussian cubature, for the steps that need it.
     keep_moments:
         Also return each layer's :class:`~pdlt.gaussian.LayerMoments`.
+    max_memory:
+        Cap in bytes on the Gaussian engine's work arrays (default: the environment variable
+        ``PDLT_MAX_MEMORY``, else 2 GiB); work that cannot fit raises a ValueError naming it.
     """
+    with memory_limit(max_memory):
+        return _walk(net, gram_matrix, recursions, tol, keep_moments)
+
+
+def check_tol(tol: object) -> float:
+    """The relative accuracy asked of the 3-/4-input cubature: a real number in (0, 1)."""
+    return _validation.real("tol", tol, min=0.0, min_inclusive=False, max=1.0, max_inclusive=False)
+
+
+def check_max_memory(max_memory: object) -> int | None:
+    """A memory cap in bytes (an int ≥ 2²⁰), or None for the default."""
+    if max_memory is None:
+        return None
+    return _validation.integer("max_memory", max_memory, min=2**20)
+
+
+def _walk(
+    net: MLP, gram_matrix: Tensor, recursions: Sequence[Recursion], tol: float, keep_moments: bool
+) -> Walk:
     order = _ordered(recursions)
     second = any(r.second_order for r in order)
     values: dict[str, Tensor] = {}
     for r in order:
         values.update(r.first(net, gram_matrix))
     states = [LayerState(1, values)]
+    _check_first_layer(states[0], gram_matrix)
     kept = []
     for layer in range(2, net.depth + 1):
         prev = states[-1]
@@ -168,6 +194,19 @@ def propagate(
             kept.append(m)
         _check_finite(states[-1])
     return Walk(tuple(states), tuple(kept) if keep_moments else None)
+
+
+def _check_first_layer(state: LayerState, gram_matrix: Tensor) -> None:
+    """Layer 1 is C_b + C_W x·x/n_0: a non-finite value there is the inputs' (or the spec's)
+    fault, so say so before any Gaussian integral is attempted."""
+    for name, t in state.values.items():
+        if not torch.isfinite(t).all():
+            big = float(torch.diagonal(gram_matrix).abs().max())
+            raise ValueError(
+                f"{name} overflows float64 at layer 1: the inputs' squared norm per dimension "
+                f"|x|²/n_0 is {big:.3g} (times C_W, λ_W of layer 1); rescale the inputs "
+                "(e.g. to |x|²/n_0 ~ 1) or use a smaller C_W"
+            )
 
 
 def _check_finite(state: LayerState) -> None:

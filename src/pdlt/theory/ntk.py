@@ -35,7 +35,14 @@ from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
 from pdlt.network import MLP, require_plain, validate_inputs
 from pdlt.theory.kernel import KERNEL
-from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
+from pdlt.theory.layers import (
+    LayerState,
+    Recursion,
+    check_max_memory,
+    gram,
+    propagate,
+    width_ratio,
+)
 from pdlt.theory.vertex import VERTEX, pairs_to_tensor
 
 Tensor = torch.Tensor
@@ -303,7 +310,9 @@ FLUCTUATIONS = Recursion(
 )
 
 
-def ntk_fluctuations(net: MLP, x: np.ndarray | Tensor) -> NTKFluctuations:
+def ntk_fluctuations(
+    net: MLP, x: np.ndarray | Tensor, *, max_memory: int | None = None
+) -> NTKFluctuations:
     """D, F, A, B: the O(1/n) NTK–preactivation correlations and NTK variance (book §8.3–8.4).
 
     Computed by the coupled layer-to-layer recursions (with the four-point vertex V of
@@ -320,6 +329,9 @@ def ntk_fluctuations(net: MLP, x: np.ndarray | Tensor) -> NTKFluctuations:
     x:
         Inputs, (N, n_0) with N ≤ 8 (cost grows like N⁴; N ≤ 2 is fastest and exact to
         quadrature accuracy for every activation).
+    max_memory:
+        Cap in bytes on the Gaussian engine's work arrays (default: ``PDLT_MAX_MEMORY``, else
+        2 GiB); work that cannot fit raises a ValueError naming the cap.
 
     Returns
     -------
@@ -342,7 +354,7 @@ def ntk_fluctuations(net: MLP, x: np.ndarray | Tensor) -> NTKFluctuations:
         )
     with warnings.catch_warnings(record=True) as caught:  # one warning per kind, not per layer
         warnings.simplefilter("always")
-        walk = propagate(net, gram(xt), [FLUCTUATIONS])
+        walk = propagate(net, gram(xt), [FLUCTUATIONS], max_memory=check_max_memory(max_memory))
     for message in dict.fromkeys(str(w.message) for w in caught):
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     return NTKFluctuations(

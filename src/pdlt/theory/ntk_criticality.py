@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pdlt import _validation
 from pdlt.activations import activation as make_activation
 from pdlt.gaussian import expect
 from pdlt.network import MLP, validate_inputs
@@ -248,14 +249,15 @@ def learning_rates(
     (1.0, 0.5, 0.3333333333333333, 0.25)
     """
     act = make_activation(activation)
-    L = int(depth) if not isinstance(depth, bool) and isinstance(depth, (int, np.integer)) else None
-    if L is None or L < 1:
-        raise ValueError(f"depth must be an int ≥ 1, got {depth!r}")
-    for name, v in (("lambda_b", lambda_b), ("lambda_W", lambda_W)):
-        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite float ≥ 0, got {v!r}")
-    if method not in ("auto", "book", "numerical"):
+    L = _validation.integer("depth", depth, min=1)
+    lambda_b = _validation.non_negative("lambda_b", lambda_b)
+    lambda_W = _validation.non_negative("lambda_W", lambda_W)
+    if not isinstance(method, str) or method not in ("auto", "book", "numerical"):
         raise ValueError(f"method must be 'auto', 'book' or 'numerical', got {method!r}")
+    # the numerical rule's network: checked here, whichever rule ends up used
+    C_W = None if C_W is None else _validation.positive("C_W", C_W)
+    C_b = _validation.non_negative("C_b", C_b)
+    input_norm = _validation.positive("input_norm", input_norm)
     cp = critical_point(act)
     cls, p = cp.universality_class, cp.p_perp
     has_formula = cls == "scale-invariant" or (cls == "K*=0" and p is not None)
@@ -293,9 +295,6 @@ def learning_rates(
 
 def _equal_contribution_rates(act, L, lambda_b, lambda_W, C_W, C_b, input_norm):
     """λ's giving every layer the share (λ̃_b + λ̃_W)/L of Θ^{(L)} for one input of norm q."""
-
-    if not (np.isfinite(input_norm) and input_norm > 0):
-        raise ValueError(f"input_norm must be a finite float > 0, got {input_norm!r}")
     one = MLP(act, L, 1, 1, C_W=C_W, C_b=C_b)
     walk = propagate(
         one, torch.tensor([[float(input_norm)]], dtype=torch.float64), [KERNEL], keep_moments=True

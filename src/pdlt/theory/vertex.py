@@ -37,7 +37,15 @@ from pdlt.gaussian import LayerMoments, input_pairs
 from pdlt.gaussian.moments import KernelMapDerivatives
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import KERNEL
-from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
+from pdlt.theory.layers import (
+    LayerState,
+    Recursion,
+    check_max_memory,
+    check_tol,
+    gram,
+    propagate,
+    width_ratio,
+)
 
 Tensor = torch.Tensor
 _DTYPE = torch.float64
@@ -345,7 +353,9 @@ class Metric:
         return f"Metric(depth={L}, inputs={N}, G^(L)_diag={np.round(np.diag(self.G[-1]), 6)})"
 
 
-def four_point_vertex(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) -> FourPointVertex:
+def four_point_vertex(
+    net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7, max_memory: int | None = None
+) -> FourPointVertex:
     """The four-point vertex V^{(ℓ)}_{(α1α2)(α3α4)} of every layer (book §4.2–4.3, §4.5).
 
     Parameters
@@ -357,7 +367,11 @@ def four_point_vertex(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
         Inputs (N, n_0).
     tol:
         Target relative accuracy of the 3-/4-input Gaussian expectations for smooth σ
-        (:func:`pdlt.gaussian4.expect_product`).
+        (:func:`pdlt.gaussian.expect_product`), in (0, 1).
+    max_memory:
+        Cap in bytes on the Gaussian engine's work arrays (default: the environment variable
+        ``PDLT_MAX_MEMORY``, else 2 GiB). Work that cannot fit under it (many inputs at a very
+        large variance) raises a ValueError that names the cap.
 
     Returns
     -------
@@ -372,7 +386,8 @@ def four_point_vertex(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     """
     check_residual_vertex(net)
     xt = validate_inputs(net, x)
-    walk = propagate(net, gram(xt), [VERTEX], tol=tol)
+    tol, max_memory = check_tol(tol), check_max_memory(max_memory)
+    walk = propagate(net, gram(xt), [VERTEX], tol=tol, max_memory=max_memory)
     N = xt.shape[0]
     Vp = walk.numpy("V")
     return FourPointVertex(
@@ -385,7 +400,9 @@ def four_point_vertex(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     )
 
 
-def kernel_correction(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) -> KernelCorrection:
+def kernel_correction(
+    net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7, max_memory: int | None = None
+) -> KernelCorrection:
     """The 1/n correction K^{{1}(ℓ)} to the two-point function of every layer (book §4.3, §4.5).
 
     E[z_{i;α} z_{i;β}] = K_{αβ} + K^{{1}}_{αβ}/n_{ℓ−1} + O(1/n²), from
@@ -400,7 +417,8 @@ def kernel_correction(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     """
     check_residual_vertex(net)
     xt = validate_inputs(net, x)
-    walk = propagate(net, gram(xt), [CORRECTION], tol=tol)
+    tol, max_memory = check_tol(tol), check_max_memory(max_memory)
+    walk = propagate(net, gram(xt), [CORRECTION], tol=tol, max_memory=max_memory)
     return KernelCorrection(
         K1=walk.numpy("K1"),
         K=walk.numpy("K"),
@@ -411,10 +429,12 @@ def kernel_correction(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) ->
     )
 
 
-def metric(net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7) -> Metric:
+def metric(
+    net: MLP, x: np.ndarray | Tensor, *, tol: float = 1e-7, max_memory: int | None = None
+) -> Metric:
     """The two-point function through order 1/n, G^{(ℓ)} = K^{(ℓ)} + K^{{1}(ℓ)}/n_{ℓ−1}, at the
     network's actual widths (book §4.3: the metric; non-uniform widths via n_ℓ/n_{ℓ−1} in the
     recursion and n_{ℓ−1} here)."""
-    kc = kernel_correction(net, x, tol=tol)
+    kc = kernel_correction(net, x, tol=tol, max_memory=max_memory)
     n = _widths_prev(net)[:, None, None]
     return Metric(G=kc.K + kc.K1 / n, K=kc.K, K1=kc.K1, net=net, x=kc.x)

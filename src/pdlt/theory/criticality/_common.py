@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import fields
 
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.activations import Activation, activation
 from pdlt.gaussian import expect
 
@@ -35,24 +35,15 @@ def act_of(spec: ActivationLike) -> Activation:
 
 
 def positive(name: str, value: object, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if v < 0 or (v == 0 and not allow_zero):
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound} (it is a variance), got {v}")
-    return v
+    """A variance-like scalar (≥ 0, or > 0), by the one boundary rule (:mod:`pdlt._validation`:
+    bool, str, complex, NaN/inf rejected; numpy scalars, 0-d arrays, np.float32 accepted)."""
+    return _validation.real(name, value, min=0.0, min_inclusive=allow_zero)
 
 
 def grid(name: str, value: object, *, allow_zero: bool) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a number or a non-empty 1-D array, got shape {arr.shape}")
-    for v in arr:
-        positive(name, v, allow_zero=allow_zero)
-    return arr
+    """A scalar or non-empty 1-D grid of variance-like values, float64 (the same rules)."""
+    arr = _validation.real_array(name, value, min=0.0, min_inclusive=allow_zero, max_ndim=1)
+    return np.atleast_1d(arr)
 
 
 def clear_overflow(fn):
@@ -159,10 +150,9 @@ def chi_perp(
 
 
 def check_K(K: object) -> Tensor:
-    Kt = as_t(K)
-    if not torch.isfinite(Kt).all() or (Kt < 0).any():
-        raise ValueError("K must be finite and ≥ 0 (it is a variance)")
-    return Kt
+    """K (a variance, scalar or array) as a float64 tensor; the rules of
+    :func:`pdlt._validation.real_array` (K ≥ 0)."""
+    return as_t(_validation.real_array("K", K, min=0.0, allow_empty=True))
 
 
 def chi_parallel_at(act: Activation, K: Tensor, C_W: float | Tensor) -> Tensor:
