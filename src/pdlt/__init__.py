@@ -29,6 +29,7 @@ from pdlt.theory.criticality import (
     phase_diagram,
     universality_class,
 )
+from pdlt.theory.ddntk import DDNTKStatistics, ddntk
 from pdlt.theory.dntk import DNTKStatistics, NTKCorrection, dntk, ntk_correction
 from pdlt.theory.kernel import Kernel, kernel
 from pdlt.theory.learning import (
@@ -51,8 +52,10 @@ from pdlt.theory.vertex import (
 )
 
 __all__ = [
+    "DDNTKStatistics",
     "DNTKStatistics",
     "NTKCorrection",
+    "ddntk",
     "dntk",
     "ntk_correction",
     "BayesianPosterior",
