@@ -62,13 +62,17 @@ then R = U = 0 at every layer), ⟨∂·⟩ Stein projections (kinks included).
 Checks and disagreements. Single input these reduce to 02-ntk.md §6.2 (ω = ⟨∂Y⟩, χ_⊥ =
 C_W⟨σ'σ'⟩), and at layer 2 to the local terms derived independently in ``tests/test_dntk.py``;
 the (Y Y) form makes T symmetric under (a, b) ↔ (d, c), the (13) ↔ (24) symmetry of dd_II. The
-note's multi-input R local term and S local term agree with the above. Its warning about the
-public transcription of the book's multi-input T is borne out in this sense: the two λ_WC_W
-local terms here are Θ_{ad}Θ_{dc}⟨σ'_aσ_bσ''_dσ'_c⟩ and Θ_{ad}Θ_{ab}⟨σ''_aσ'_bσ'_dσ_c⟩, exact
-mirror images (checked against the layer-2 forward equation and by Monte Carlo on real networks
-in ``tests/test_ddntk_theory.py``). Terms a careless transcription could miss: the B term of R
-carries B_{aacd} (both NTKs at the twice-differentiated sample a), and the Q terms of T carry
-Q_{dcaβ}, Q_{abdβ} (the second slot of Q is the sample of the other σ' of the same neuron).
+local terms of R and S in 02-ntk.md §6.2 agree with the above; its nonlocal terms are only
+sketched there ("same terms with sample labels attached"), and the public transcription of the
+book's multi-input T that it distrusts was not available here. What the derivation fixes: the
+two λ_WC_W local terms of T, Θ_{ad}Θ_{dc}⟨σ'_aσ_bσ''_dσ'_c⟩ and Θ_{ad}Θ_{ab}⟨σ''_aσ'_bσ'_dσ_c⟩, are
+exact mirror images (as the note expects; a transcription where they are not is wrong); the B
+term of R carries B_{aacd} (both NTKs at the thrice-differentiated sample a); the Q terms of T
+carry Q_{dcaβ} and Q_{abdβ} (Q's second slot is the sample of the other σ' on the same neuron);
+products of two off-diagonal objects (Ĥ_jm dĤ_jjm, Ĥ_jm Ĥ_mj Ĥ_jm) are dropped, so U has no
+B, F or Q term. Checked against the layer-2 forward equation and by Monte Carlo on real
+networks (two inputs, tanh and ReLU, two widths) in ``tests/test_ddntk_theory.py``.
+
 """
 
 from __future__ import annotations
