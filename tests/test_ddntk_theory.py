@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import pdlt
+from pdlt.activations import BUILTIN_ACTIVATIONS
 from test_dntk import _layer2_terms
 
 X1 = np.ones((1, 4))
@@ -147,3 +148,15 @@ def test_multi_input_depth4_and_extrapolation_slow(act, C_W, C_b):
             neglected = 2 * (a - b) ** 2 / np.maximum(np.abs(b), scale / 10)
             dev = np.abs(extrap - getattr(th, s)[ell])
             assert (dev <= 4 * err + neglected).all(), (s, ell + 1, extrap, getattr(th, s)[ell])
+
+
+@pytest.mark.parametrize("name", BUILTIN_ACTIVATIONS)
+def test_third_derivative_of_every_builtin(name):
+    """σ''' (needed by R): the closed forms equal nested autograd of σ itself away from kinks;
+    a user callable gets it by autograd; order 4 is refused."""
+    act = pdlt.activation(name)
+    z = torch.linspace(-3.1, 2.9, 61, dtype=torch.float64)  # avoids the kink at 0
+    user = pdlt.activation(lambda t: act.fn(t), name="copy")
+    torch.testing.assert_close(act.derivative(3)(z), user.derivative(3)(z), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="0, 1, 2 or 3"):
+        act.derivative(4)
