@@ -101,3 +101,20 @@ def test_ntk_prints_the_learning_rate_scan():
     # scale-invariant class (9.94): Θ^(L) = 2L at λ = 1 with |x|²/n_0 = 1, and 2 when scaled
     assert "scale-invariant class, book rule" in res.output
     assert re.search(r"│ 100 +│ 200 +│ 2 +│ 0\.01 ", res.output), res.output
+
+
+def test_dntk_prints_the_book_ratios():
+    """``pdlt dntk``: per layer P/(nΘ²), Q/(nΘ²), Θ1/(nΘ) and R, S, T, U · K/(nΘ³) of the
+    library for one input with |x|²/n_0 = 1 (02-ntk.md §8.2: tanh, ℓ = 10, n = 100)."""
+    res = _run("dntk", "tanh")
+    assert res.exit_code == 0, res.output
+    for text in ["-0.00389287", "-0.00278888", "-0.00293825", "0.00075036", "0.000679701"]:
+        assert text in res.output, res.output
+    assert "0.00014517" in res.output
+    res = _run("dntk", "relu", "--depth", "3", "--width", "50")
+    assert res.exit_code == 0, res.output
+    # ReLU (C_W = 2): Q = 16, S = 24, T = 12 at ℓ = 3 with Θ = 6, K = 2 (02-ntk.md §8.1)
+    assert re.search(r"│ 3 +│ 0 +│ 0\.00888889 +│ 0 +│", res.output), res.output
+    assert re.search(r"│ 3 +│ 0 +│ 0\.00444444 +│ 0\.00222222 +│ 0 +│", res.output), res.output
+    res = _run("dntk", "tanh", "--C-W", "nan")
+    assert res.exit_code == 2 and "C_W must be finite" in res.output

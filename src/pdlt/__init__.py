@@ -30,6 +30,7 @@ from pdlt.theory.criticality import (
     phase_diagram,
     universality_class,
 )
+from pdlt.theory.ddntk import DDNTKStatistics, ddntk
 from pdlt.theory.design import optimal_aspect_ratio
 from pdlt.theory.dntk import DNTKStatistics, NTKCorrection, dntk, ntk_correction
 from pdlt.theory.kernel import Kernel, kernel
@@ -53,8 +54,10 @@ from pdlt.theory.vertex import (
 )
 
 __all__ = [
+    "DDNTKStatistics",
     "DNTKStatistics",
     "NTKCorrection",
+    "ddntk",
     "dntk",
     "ntk_correction",
     "BayesianPosterior",

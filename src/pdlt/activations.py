@@ -64,6 +64,9 @@ class Activation:
     d1, d2:
         σ' and σ'' (elementwise). For kinked activations these are the derivatives almost
         everywhere; the distributional parts at the kinks are *not* included.
+    d3:
+        σ''' (same convention), or None: then :meth:`derivative` takes it by autograd of σ''
+        (zero for the scale-invariant family).
     kinks:
         Points where σ or one of its first two derivatives is not smooth. Quadrature splits
         its intervals there, which restores exponential convergence.
@@ -88,19 +91,28 @@ class Activation:
     )
     params: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     builtin: bool = True
+    d3: TorchFn | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.fn(z)
 
     def derivative(self, order: int) -> TorchFn:
-        """σ^{(order)} for order 0, 1, 2."""
+        """σ^{(order)} for order 0…3 (σ''' is needed by the ddNTK recursions, book §∞.3)."""
         if order == 0:
             return self.fn
         if order == 1:
             return self.d1
         if order == 2:
             return self.d2
-        raise ValueError(f"derivative order must be 0, 1 or 2, got {order!r}")
+        if order == 3:
+            if self.d3 is not None:
+                return self.d3
+            if self.homogeneous is not None:
+                return torch.zeros_like
+            if isinstance(self.d2, _AutogradDerivative):  # its output is detached: go to σ
+                return _AutogradDerivative(self.d2.f, 3)
+            return _AutogradDerivative(self.d2, 1)
+        raise ValueError(f"derivative order must be 0, 1, 2 or 3, got {order!r}")
 
     @property
     def smooth(self) -> bool:
@@ -287,6 +299,7 @@ def _homogeneous(name: str, a_plus: float, a_minus: float, **params: float) -> A
         fn=fn,
         d1=d1,
         d2=torch.zeros_like,
+        d3=torch.zeros_like,
         kinks=kinks,
         homogeneous=(a_plus, a_minus),
         closed_forms=_freeze(forms),
@@ -315,7 +328,11 @@ def _tanh() -> Activation:
         t = torch.tanh(z)
         return -2 * t * (1 - t * t)
 
-    return Activation("tanh", torch.tanh, d1, d2)
+    def d3(z: Tensor) -> Tensor:
+        t = torch.tanh(z)
+        return (6 * t * t - 2) * (1 - t * t)
+
+    return Activation("tanh", torch.tanh, d1, d2, d3=d3)
 
 
 def _sin() -> Activation:
@@ -324,6 +341,7 @@ def _sin() -> Activation:
         torch.sin,
         torch.cos,
         lambda z: -torch.sin(z),
+        d3=lambda z: -torch.cos(z),
         closed_forms=_freeze(_trig_forms("sin")),
     )
 
@@ -334,6 +352,7 @@ def _cos() -> Activation:
         torch.cos,
         lambda z: -torch.sin(z),
         lambda z: -torch.cos(z),
+        d3=torch.sin,
         closed_forms=_freeze(_trig_forms("cos")),
     )
 
@@ -345,6 +364,7 @@ def _erf() -> Activation:
         torch.erf,
         lambda z: c * torch.exp(-z * z),
         lambda z: -2 * z * c * torch.exp(-z * z),
+        d3=lambda z: c * (4 * z * z - 2) * torch.exp(-z * z),
         closed_forms=_freeze(_erf_forms()),
     )
 
@@ -358,7 +378,11 @@ def _sigmoid() -> Activation:
         s = torch.sigmoid(z)
         return s * (1 - s) * (1 - 2 * s)
 
-    return Activation("sigmoid", torch.sigmoid, d1, d2)
+    def d3(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (1 - 6 * s + 6 * s * s)
+
+    return Activation("sigmoid", torch.sigmoid, d1, d2, d3=d3)
 
 
 def _softplus() -> Activation:
@@ -366,7 +390,11 @@ def _softplus() -> Activation:
         s = torch.sigmoid(z)
         return s * (1 - s)
 
-    return Activation("softplus", torch.nn.functional.softplus, torch.sigmoid, d2)
+    def d3(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        return s * (1 - s) * (1 - 2 * s)
+
+    return Activation("softplus", torch.nn.functional.softplus, torch.sigmoid, d2, d3=d3)
 
 
 def _swish() -> Activation:
@@ -378,7 +406,12 @@ def _swish() -> Activation:
         s = torch.sigmoid(z)
         return s * (1 - s) * (2 + z * (1 - 2 * s))
 
-    return Activation("swish", torch.nn.functional.silu, d1, d2)
+    def d3(z: Tensor) -> Tensor:
+        s = torch.sigmoid(z)
+        p = s * (1 - s)
+        return 3 * p * (1 - 2 * s) + z * p * (1 - 6 * s + 6 * s * s)
+
+    return Activation("swish", torch.nn.functional.silu, d1, d2, d3=d3)
 
 
 def _gelu() -> Activation:
@@ -387,6 +420,7 @@ def _gelu() -> Activation:
         lambda z: z * _Phi(z),
         lambda z: _Phi(z) + z * _phi(z),
         lambda z: _phi(z) * (2 - z * z),
+        d3=lambda z: z * _phi(z) * (z * z - 4),
     )
 
 
@@ -404,13 +438,15 @@ def _elu_parts(alpha: float, scale: float) -> tuple[TorchFn, TorchFn, TorchFn]:
             z >= 0, torch.zeros_like(z), alpha * torch.exp(torch.clamp(z, max=0.0))
         )
 
-    return fn, d1, d2
+    return fn, d1, d2  # and σ''' = σ'' (the exponential branch; 0 for z ≥ 0)
 
 
 def _elu(alpha: float = 1.0) -> Activation:
     alpha = _validation.real("elu alpha", alpha)
     fn, d1, d2 = _elu_parts(alpha, 1.0)
-    return Activation("elu", fn, d1, d2, kinks=(0.0,), params=_freeze({"alpha": float(alpha)}))
+    return Activation(
+        "elu", fn, d1, d2, kinks=(0.0,), params=_freeze({"alpha": float(alpha)}), d3=d2
+    )
 
 
 _SELU_ALPHA = 1.6732632423543772848170429916717
@@ -419,7 +455,7 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 def _selu() -> Activation:
     fn, d1, d2 = _elu_parts(_SELU_ALPHA, _SELU_SCALE)
-    return Activation("selu", fn, d1, d2, kinks=(0.0,))
+    return Activation("selu", fn, d1, d2, kinks=(0.0,), d3=d2)
 
 
 _REGISTRY: Mapping[str, Callable[..., Activation]] = MappingProxyType(
@@ -486,8 +522,8 @@ def _detect_homogeneity(f: TorchFn) -> tuple[float, float] | None:
 
 
 class _AutogradDerivative:
-    """σ' (order 1) or σ'' (order 2) of an elementwise function by autograd; a class, not a
-    closure, so that user activations pickle when their function does."""
+    """The ``order``-th derivative (1, 2 or 3) of an elementwise function by nested autograd;
+    a class, not a closure, so that user activations pickle when their function does."""
 
     def __init__(self, f: TorchFn, order: int) -> None:
         self.f, self.order = f, order
@@ -497,18 +533,13 @@ class _AutogradDerivative:
             x = z.detach().clone().requires_grad_(True)
             y = self.f(x)
             # A graph that does not reach x means a derivative that is identically zero there:
-            # σ constant (no graph at all), or σ' constant (z, 2z, clamp) for the second order.
-            if not y.requires_grad:
-                return torch.zeros_like(z)
-            (g,) = torch.autograd.grad(y.sum(), x, create_graph=self.order > 1, allow_unused=True)
-            if g is None:
-                return torch.zeros_like(z)
-            if self.order == 1:
-                return g.detach()
-            if not g.requires_grad:
-                return torch.zeros_like(z)
-            (h,) = torch.autograd.grad(g.sum(), x, allow_unused=True)
-        return torch.zeros_like(z) if h is None else h.detach()
+            # σ constant (no graph at all), or a lower derivative constant (z, 2z, clamp).
+            for k in range(self.order):
+                if y is None or not y.requires_grad:
+                    return torch.zeros_like(z)
+                last = k == self.order - 1
+                (y,) = torch.autograd.grad(y.sum(), x, create_graph=not last, allow_unused=True)
+        return torch.zeros_like(z) if y is None else y.detach()
 
 
 def _check_callable(f: TorchFn, name: str) -> None:

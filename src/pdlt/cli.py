@@ -400,5 +400,60 @@ def finite_width(
     )
 
 
+@app.command("dntk")
+def dntk_command(
+    activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, relu, …).")],
+    depth: Annotated[int, typer.Option(help="Number of weight layers L.")] = 10,
+    width: Annotated[int, typer.Option(help="Hidden width n.")] = 100,
+    C_W: Annotated[
+        float | None,
+        typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
+    ] = None,
+    C_b: Annotated[
+        float | None,
+        typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
+    ] = None,
+) -> None:
+    """Representation learning at O(1/n), per layer, for one input with |x|²/n_0 = 1 and
+    λ_b = λ_W = 1: the dNTK statistics P/(nΘ²), Q/(nΘ²) (book §11.3, (11.49), (11.52)), the
+    ddNTK means R K/(nΘ³), S K/(nΘ³), T K/(nΘ³), U K/(nΘ³) (§∞.1, (∞.14)–(∞.17)) and the NTK
+    mean correction Θ1/(nΘ), at width n."""
+    import numpy as np
+
+    from pdlt.network import MLP
+    from pdlt.report.common import default_setting
+    from pdlt.theory.ddntk import ddntk
+    from pdlt.theory.dntk import ntk_correction
+
+    with _library_errors():
+        cb, cw = default_setting(activation, C_W, C_b)
+        net = MLP(activation, depth=depth, width=width, input_dim=4, C_W=cw, C_b=cb)
+        x = np.ones((1, 4))
+        dd, corr = ddntk(net, x), ntk_correction(net, x)
+    n = np.asarray(net.widths[:-1], float)
+    th, k = dd.Theta[:, 0, 0], dd.K[:, 0, 0]
+
+    def shown(v: np.ndarray) -> np.ndarray:
+        # quadrature round-off (~1e-17) of statistics that vanish exactly (ReLU's Θ1) reads as 0
+        return np.where(np.abs(v) < 1e-12, 0.0, v)
+
+    layer = np.arange(1, depth + 1)
+    first = pd.DataFrame(
+        {
+            "layer": layer,
+            "P/(nΘ²)": shown(dd.P[:, 0, 0, 0, 0] / (n * th**2)),
+            "Q/(nΘ²)": shown(dd.Q[:, 0, 0, 0, 0] / (n * th**2)),
+            "Θ1/(nΘ)": shown(corr.Theta1[:, 0, 0] / (n * th)),
+        }
+    )
+    second = pd.DataFrame(
+        {"layer": layer}
+        | {f"{s} K/(nΘ³)": shown(getattr(dd, s)[:, 0, 0, 0, 0] * k / (n * th**3)) for s in "RSTU"}
+    )
+    title = f"{activation}, C_W = {cw:g}, C_b = {cb:g}, n = {width}, |x|²/n_0 = 1"
+    _print_frame(first, f"dNTK and NTK mean correction (§11.3, eq. 9.3); {title}", digits=6)
+    _print_frame(second, f"ddNTK means (§∞.1); {title}", digits=6)
+
+
 def main() -> None:
     app()
