@@ -27,7 +27,7 @@ def _run(*args: str):
         (("phase-diagram", "--C-W-min", "nan"), "--C-W-min"),
         (("ntk", "tanh", "--C-b", "nan"), "C_b must be finite"),
         (("finite-width", "tanh", "--C-W", "inf"), "C_W must be finite"),
-        (("finite-width", "tanh", "--K1", "nan"), "K1 must be finite"),
+        (("finite-width", "tanh", "--K1", "nan"), "K_first must be finite"),
         # out of range
         (("report", "--depth", "1"), "depth must be ≥ 2"),
         (("report", "--width", "0"), "widths must be ≥ 1"),
@@ -36,7 +36,7 @@ def _run(*args: str):
         (("phase-diagram", "--networks", "1"), "n_networks must be ≥ 2"),
         (("ntk", "tanh", "--depth", "0"), "depth must be ≥ 1"),
         (("ntk", "tanh", "--C-W", "-1"), "C_W must be > 0"),
-        (("finite-width", "tanh", "--K1", "0"), "--K1 must be > C_b"),
+        (("finite-width", "tanh", "--K1", "0"), "--K-first must be > C_b"),
         # unknown names
         (("criticality", "nope"), "unknown activation 'nope'"),
         (("report", "--activation", "nope"), "unknown activation 'nope'"),

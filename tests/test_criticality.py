@@ -169,9 +169,9 @@ def test_gelu_half_stable_flow():
     checked with one step of pdlt.kernel's recursion: K_low maps to itself and a point between
     the two fixed points moves down)."""
     cp = critical_point("gelu")
-    above = criticality("gelu", cp.C_b, cp.C_W, K1=cp.K_star + 0.5)
+    above = criticality("gelu", cp.C_b, cp.C_W, K_first=cp.K_star + 0.5)
     assert above.K_star == pytest.approx(cp.K_star, rel=1e-6)
-    below = criticality("gelu", cp.C_b, cp.C_W, K1=cp.K_star - 0.2)
+    below = criticality("gelu", cp.C_b, cp.C_W, K_first=cp.K_star - 0.2)
     K_low = below.K_star
     assert K_low < cp.K_star - 0.2 and below.fixed_points[0].stability == "stable"
     net = pdlt.MLP("gelu", depth=2, width=1, input_dim=1, C_b=cp.C_b, C_W=cp.C_W)
@@ -514,7 +514,7 @@ def test_scale_invariant_fixed_points_are_exact():
     """ReLU's map is linear, F(K) = C_b + (C_W/2)K (book §5.2): K* = C_b/(1 − C_W/2) for C_W < 2,
     every K at C_W = 2, C_b = 0 (K* = K1), unbounded otherwise; the phase diagram agrees."""
     assert criticality("relu", 0.1, 1.5).K_star == pytest.approx(0.4, rel=1e-14)
-    c = criticality("relu", 0.0, 2.0, K1=0.7)
+    c = criticality("relu", 0.0, 2.0, K_first=0.7)
     assert c.K_star == 0.7 and c.phase == "critical" and "every K" in c.note
     assert math.isinf(criticality("relu", 0.1, 2.0).K_star)
     pdg = phase_diagram("relu", C_b=[0.0, 0.1], C_W=[1.5, 2.0, 3.0])

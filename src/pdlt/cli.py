@@ -362,8 +362,13 @@ def finite_width(
         float | None,
         typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
     ] = None,
-    K1: Annotated[
-        float, typer.Option("--K1", help="First-layer kernel K^(1) (> C_b), (5.2).")
+    K_first: Annotated[
+        float,
+        typer.Option(
+            "--K-first",
+            "--K1",
+            help="First-layer kernel K^(1) (> C_b), (5.2); --K1 is its old name.",
+        ),
     ] = 1.0,
 ) -> None:
     """Single-input finite-width theory per layer: K, V/K², excess kurtosis 3V/(nK²), and the
@@ -381,9 +386,11 @@ def finite_width(
         cb, cw = default_setting(activation, C_W, C_b)
         net = MLP(activation, depth=depth, width=width, input_dim=1, C_W=cw, C_b=cb)
         # K^(1) = C_b + C_W x²/n_0 (5.2): the one input that gives it
-        if _validation.real("K1", K1) <= cb:
-            raise ValueError(f"--K1 must be > C_b = {cb:g} (K^(1) = C_b + C_W x²), got {K1}")
-        x = [[math.sqrt((K1 - cb) / cw)]]
+        if _validation.real("K_first", K_first) <= cb:
+            raise ValueError(
+                f"--K-first must be > C_b = {cb:g} (K^(1) = C_b + C_W x²), got {K_first}"
+            )
+        x = [[math.sqrt((K_first - cb) / cw)]]
         fpv, kc = four_point_vertex(net, x), kernel_correction(net, x)
     frame = pd.DataFrame(
         {
@@ -396,7 +403,9 @@ def finite_width(
         }
     )
     _print_frame(
-        frame, f"{activation}, C_W = {cw:g}, C_b = {cb:g}, n = {width}, K^(1) = {K1:g}", digits=6
+        frame,
+        f"{activation}, C_W = {cw:g}, C_b = {cb:g}, n = {width}, K^(1) = {K_first:g}",
+        digits=6,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import fields
 
@@ -66,6 +67,21 @@ def clear_overflow(fn):
 
 # --------------------------------------------------------------------------------------------
 # single-input Gaussian expectations (vectorised over K)
+
+
+def renamed_first_kernel(K_first: float | None, K1: float | None) -> float | None:
+    """The first-layer kernel K^{(1)} argument, ``K_first``; ``K1`` is its old name, renamed
+    because ``K1`` means the 1/n kernel correction K^{{1}} everywhere else in pdlt."""
+    if K1 is None:
+        return K_first
+    if K_first is not None:
+        raise TypeError("pass the first-layer kernel as K_first only (K1 is its old name)")
+    warnings.warn(
+        "K1= is renamed K_first= (K1 is the 1/n kernel correction elsewhere in pdlt)",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return K1
 
 
 def as_t(K: object) -> Tensor:

@@ -126,17 +126,17 @@ def fixed_points(act: Activation, C_b: float, C_W: float) -> list[FixedPoint]:
     ]
 
 
-def attractor(points: Sequence[FixedPoint], h1: float, K1: float) -> FixedPoint | None:
-    """The fixed point a kernel starting at K1 flows to (F increasing: the nearest one in the
-    direction of F(K1) − K1); None if it flows past K_MAX."""
+def attractor(points: Sequence[FixedPoint], h1: float, K_first: float) -> FixedPoint | None:
+    """The fixed point a kernel starting at K_first flows to (F increasing: the nearest one in the
+    direction of F(K_first) − K_first); None if it flows past K_MAX."""
     if h1 == 0.0:
         for p in points:
-            if abs(p.K - K1) <= 1e-12 * max(1.0, K1):
+            if abs(p.K - K_first) <= 1e-12 * max(1.0, K_first):
                 return p
     if h1 > 0:
-        above = [p for p in points if p.K >= K1 * (1 - 1e-12)]
+        above = [p for p in points if p.K >= K_first * (1 - 1e-12)]
         return above[0] if above else None
-    below = [p for p in points if p.K <= K1 * (1 + 1e-12)]
+    below = [p for p in points if p.K <= K_first * (1 + 1e-12)]
     return below[-1] if below else None
 
 
@@ -198,32 +198,34 @@ def correlation_fixed_point(
 # one setting: criticality()
 
 
-def vector_fixed_point(act: Activation, cb: Tensor, cw: Tensor, K1: Tensor) -> Tensor:
-    """The fixed point each (C_b, C_W) flows to from K1 (inf if beyond K_MAX), vectorised:
+def vector_fixed_point(act: Activation, cb: Tensor, cw: Tensor, K_first: Tensor) -> Tensor:
+    """The fixed point each (C_b, C_W) flows to from K_first (inf if beyond K_MAX), vectorised:
     bracket on the K grid, then bisection to ~1e-14 relative."""
     Kg = as_t(K_GRID)
     h = cb[:, None] + cw[:, None] * mean_sigma2(act, Kg)[None, :] - Kg[None, :]
-    h1 = cb + cw * mean_sigma2(act, K1) - K1
+    h1 = cb + cw * mean_sigma2(act, K_first) - K_first
     G = Kg.shape[0]
-    above = Kg[None, :] > K1[:, None]
-    below = Kg[None, :] < K1[:, None]
-    # flowing up: first grid point above K1 with h ≤ 0; bracket [previous point or K1, it]
+    above = Kg[None, :] > K_first[:, None]
+    below = Kg[None, :] < K_first[:, None]
+    # flowing up: first grid point above K_first with h ≤ 0; bracket [previous point or K_first, it]
     up_hit = above & (h <= 0)
     i_up = torch.argmax(up_hit.to(torch.int8), dim=1)
     has_up = up_hit.any(dim=1)
-    # flowing down: last grid point below K1 with h ≥ 0
+    # flowing down: last grid point below K_first with h ≥ 0
     down_hit = below & (h >= 0)
     i_down = G - 1 - torch.argmax(torch.flip(down_hit, dims=[1]).to(torch.int8), dim=1)
     has_down = down_hit.any(dim=1)
     lo = torch.where(
         h1 > 0,
-        torch.maximum(Kg[torch.clamp(i_up - 1, min=0)], K1),
+        torch.maximum(Kg[torch.clamp(i_up - 1, min=0)], K_first),
         Kg[i_down],
     )
-    hi = torch.where(h1 > 0, Kg[i_up], torch.minimum(Kg[torch.clamp(i_down + 1, max=G - 1)], K1))
+    hi = torch.where(
+        h1 > 0, Kg[i_up], torch.minimum(Kg[torch.clamp(i_down + 1, max=G - 1)], K_first)
+    )
     found = torch.where(h1 > 0, has_up, has_down) | (h1 == 0)
-    lo = torch.where(h1 == 0, K1, lo)
-    hi = torch.where(h1 == 0, K1, hi)
+    lo = torch.where(h1 == 0, K_first, lo)
+    hi = torch.where(h1 == 0, K_first, hi)
     exact_lo = found & (h1 != 0) & (torch.where(h1 > 0, Kg[i_up], Kg[i_down]) == 0)
     active = found & (h1 != 0) & ~exact_lo
     for _ in range(48):  # brackets start ≤ 6 % wide: 2^-48 · 0.06 < 1e-15

@@ -22,6 +22,7 @@ from pdlt.theory.criticality._common import (
     grid,
     mean_dsigma2,
     positive,
+    renamed_first_kernel,
 )
 from pdlt.theory.criticality.classes import CriticalPoint, critical_point
 from pdlt.theory.criticality.fixed_points import correlation_fixed_point, vector_fixed_point
@@ -77,13 +78,14 @@ def phase_diagram(
     C_b: float | np.ndarray | None = None,
     C_W: float | np.ndarray | None = None,
     *,
+    K_first: float | None = None,
     K1: float | None = None,
 ) -> PhaseDiagram:
     """K*, χ_∥, χ_⊥, c*, χ_c, ξ_∥, ξ_⊥ and the phase over a (C_b, C_W) grid (book §5.1).
 
     Vectorised over the grid (one Gaussian quadrature call per bisection step for all points).
     Default grid: C_b ∈ [0, 1] (21 values) × C_W ∈ [0.25, 4] (31 values).
-    ``K1`` as in :func:`criticality` (default C_b + C_W per point). Agrees with
+    ``K_first`` as in :func:`criticality` (default C_b + C_W per point). Agrees with
     :func:`criticality` point by point to ~1e-10 (tested).
 
     Examples
@@ -97,7 +99,12 @@ def phase_diagram(
     cw = grid("C_W", np.linspace(0.25, 4.0, 31) if C_W is None else C_W, allow_zero=False)
     B, W = np.meshgrid(cb, cw, indexing="ij")
     b, w = as_t(B.reshape(-1)), as_t(W.reshape(-1))
-    k1 = b + w if K1 is None else torch.full_like(b, positive("K1", K1, allow_zero=True))
+    K_first = renamed_first_kernel(K_first, K1)
+    k1 = (
+        b + w
+        if K_first is None
+        else torch.full_like(b, positive("K_first", K_first, allow_zero=True))
+    )
     hom = act.homogeneous
     if hom is None:
         Kstar = vector_fixed_point(act, b, w, k1)

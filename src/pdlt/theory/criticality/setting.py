@@ -4,6 +4,7 @@ line in the (C_b, C_W) plane (book §5.1; Poole et al. 2016, Schoenholz et al. 2
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -30,6 +31,7 @@ from pdlt.theory.criticality._common import (
     mean_z_sigma_dsigma,
     phase_of,
     positive,
+    renamed_first_kernel,
     xi,
 )
 from pdlt.theory.criticality.fixed_points import (
@@ -49,11 +51,11 @@ class Criticality(Printable):
     ----------
     activation, C_b, C_W:
         The setting.
-    K1:
+    K_first:
         The first-layer kernel the flow starts from (default C_b + C_W: an input with
         |x|² = n_0).
     K_star:
-        The fixed point K^{(ℓ)} flows to from K1; ``inf`` if the kernel grows without bound
+        The fixed point K^{(ℓ)} flows to from K_first; ``inf`` if the kernel grows without bound
         (beyond ``K_MAX``), e.g. ReLU with C_W > 2.
     fixed_points:
         Every fixed point in [0, K_MAX], with its stability.
@@ -77,7 +79,7 @@ class Criticality(Printable):
     activation: str
     C_b: float
     C_W: float
-    K1: float
+    K_first: float
     K_star: float
     fixed_points: tuple[FixedPoint, ...]
     chi_parallel: float
@@ -89,6 +91,12 @@ class Criticality(Printable):
     phase: str
     note: str = ""
 
+    @property
+    def K1(self) -> float:
+        """Old name of :attr:`K_first` (K1 means the 1/n kernel correction elsewhere)."""
+        warnings.warn("Criticality.K1 is renamed K_first", FutureWarning, stacklevel=2)
+        return self.K_first
+
     def to_frame(self) -> pd.DataFrame:
         """One row with every scalar field."""
         row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fixed_points"}
@@ -98,7 +106,12 @@ class Criticality(Printable):
 
 @clear_overflow
 def criticality(
-    activation: ActivationLike, C_b: float = 0.0, C_W: float = 1.0, *, K1: float | None = None
+    activation: ActivationLike,
+    C_b: float = 0.0,
+    C_W: float = 1.0,
+    *,
+    K_first: float | None = None,
+    K1: float | None = None,
 ) -> Criticality:
     """Fixed point, susceptibilities, depth scales and phase at one (C_b, C_W) (book §5.1).
 
@@ -108,7 +121,7 @@ def criticality(
         Built-in name, :class:`~pdlt.activations.Activation` or elementwise torch callable.
     C_b, C_W:
         Bias and weight variances (C_b ≥ 0, C_W > 0).
-    K1:
+    K_first:
         First-layer kernel of the input whose flow decides which fixed point is meant (default
         C_b + C_W, an input with |x|² = n_0).
 
@@ -121,24 +134,25 @@ def criticality(
     act = act_of(activation)
     C_b = positive("C_b", C_b, allow_zero=True)
     C_W = positive("C_W", C_W, allow_zero=False)
-    K1 = C_b + C_W if K1 is None else positive("K1", K1, allow_zero=True)
+    K_first = renamed_first_kernel(K_first, K1)
+    K_first = C_b + C_W if K_first is None else positive("K_first", K_first, allow_zero=True)
     points = fixed_points(act, C_b, C_W)
     notes = []
-    h1 = map_gap(act, C_b, C_W)(K1)
-    star = attractor(points, h1, K1)
+    h1 = map_gap(act, C_b, C_W)(K_first)
+    star = attractor(points, h1, K_first)
     hom = act.homogeneous
     if hom is not None and abs(C_W * (hom[0] ** 2 + hom[1] ** 2) / 2 - 1) <= CRITICAL_TOL:
         if C_b == 0:
-            star = FixedPoint(K1, 1.0, "marginal")
+            star = FixedPoint(K_first, 1.0, "marginal")
             points = [star]
             notes.append("scale-invariant at C_W = 1/A_2, C_b = 0: every K is a fixed point")
         else:
-            star = None  # the kernel grows linearly, K^(ℓ) = K1 + (ℓ − 1) C_b
+            star = None  # the kernel grows linearly, K^(ℓ) = K_first + (ℓ − 1) C_b
     if star is None:
         K_star = math.inf
         Keval = as_t([K_MAX])
         notes.append(
-            f"the kernel grows without bound (no fixed point above K1 = {K1:g} up to "
+            f"the kernel grows without bound (no fixed point above K_first = {K_first:g} up to "
             f"{K_MAX:g}); susceptibilities are quoted at K = {K_MAX:g}"
         )
     else:
@@ -170,7 +184,7 @@ def criticality(
         activation=act.name,
         C_b=C_b,
         C_W=C_W,
-        K1=K1,
+        K_first=K_first,
         K_star=K_star,
         fixed_points=tuple(points),
         chi_parallel=chi_par,
