@@ -25,6 +25,7 @@ This module gives Θ (:func:`ntk`) and its O(1/n) fluctuations D, F, A, B
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
 from pdlt.network import MLP, validate_inputs
-from pdlt.theory.kernel import KERNEL
+from pdlt.theory.kernel import KERNEL, relabel_layers, walk_entrywise
 from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
 from pdlt.theory.vertex import VERTEX, pairs_to_tensor
 
@@ -58,18 +59,21 @@ class NTK:
         float64 array (depth, N, N), the kernel K^{(l)} (book §4.3) it rests on.
     net, x:
         The network spec and the inputs (N, n_0).
+    layers:
+        The layers ℓ held, in order (all unless ``layers=`` chose some).
     """
 
     Theta: np.ndarray
     K: np.ndarray
     net: MLP
     x: np.ndarray
+    layers: tuple[int, ...] | None = None
 
     statistics = ("Theta",)
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: one row per layer and unordered input pair (a ≤ b), columns Θ and K."""
-        return long_frame({"Theta": self.Theta, "K": self.K})
+        return relabel_layers(long_frame({"Theta": self.Theta, "K": self.K}), self.layers)
 
     def __repr__(self) -> str:
         L, N, _ = self.Theta.shape
@@ -87,7 +91,8 @@ def ntk_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[st
     λ_b^{(ℓ+1)} + λ_W^{(ℓ+1)} ⟨σσ⟩_{K^{(ℓ)}} + C_W^{(ℓ+1)} ⟨σ'σ'⟩_{K^{(ℓ)}} Θ^{(ℓ)}.
     """
     i = layer - 1
-    return {"Theta": net.lambda_b[i] + net.lambda_W[i] * m.ss + net.C_W[i] * m.dd * prev.Theta}
+    theta = torch.mul(m.dd, prev.Theta).mul_(net.C_W[i])  # in place: N² entries per layer
+    return {"Theta": theta.add_(m.ss, alpha=net.lambda_W[i]).add_(net.lambda_b[i])}
 
 
 NTK_MEAN = Recursion(
@@ -95,6 +100,7 @@ NTK_MEAN = Recursion(
     first=lambda net, g: {"Theta": net.lambda_b[0] + net.lambda_W[0] * g},
     step=ntk_step,
     requires=(KERNEL,),
+    entrywise=True,
 )
 
 
@@ -104,7 +110,13 @@ def ntk_layers(net: MLP, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     return list(walk.stack("K")), list(walk.stack("Theta"))
 
 
-def ntk(net: MLP, x: np.ndarray | Tensor) -> NTK:
+def ntk(
+    net: MLP,
+    x: np.ndarray | Tensor,
+    *,
+    layers: int | str | Sequence[int] | None = None,
+    max_memory: int | None = None,
+) -> NTK:
     """The frozen NTK Θ^{(ℓ)}_{δ1δ2} of every layer ℓ = 1…L (book §8.1–8.2).
 
     Uses the network's per-layer learning rates in the book's convention: λ_b^{(ℓ)} for biases
@@ -117,11 +129,15 @@ def ntk(net: MLP, x: np.ndarray | Tensor) -> NTK:
         The network spec (its ``lambda_b``, ``lambda_W`` set the learning rates).
     x:
         Inputs, (N, n_0) numpy array or torch tensor.
+    layers, max_memory:
+        Which layers to return and a cap on working memory (blocks of inputs), as in
+        :func:`pdlt.kernel`.
 
     Returns
     -------
     NTK
-        ``.Theta`` float64 (L, N, N) with ``Theta[l-1] = Θ^{(l)}``; ``.K`` the kernel.
+        ``.Theta`` float64 (len(layers), N, N), by default (L, N, N) with
+        ``Theta[l-1] = Θ^{(l)}``; ``.K`` the kernel of the same layers.
 
     Examples
     --------
@@ -130,8 +146,8 @@ def ntk(net: MLP, x: np.ndarray | Tensor) -> NTK:
     array([ 2.,  4.,  6.,  8., 10.])
     """
     xt = validate_inputs(net, x)
-    walk = propagate(net, gram(xt), [NTK_MEAN])
-    return NTK(Theta=walk.numpy("Theta"), K=walk.numpy("K"), net=net, x=xt.numpy())
+    kept, walk = walk_entrywise(net, xt, [NTK_MEAN], layers, max_memory)
+    return NTK(Theta=walk.numpy("Theta"), K=walk.numpy("K"), net=net, x=xt.numpy(), layers=kept)
 
 
 # --------------------------------------------------------------------------------------------
