@@ -63,3 +63,22 @@ def test_regressor_std_from_the_diagonal_matches_the_covariance(cls) -> None:
     prior_mean, prior_std = cls(net).predict(Xt, return_std=True)
     _, prior_cov = cls(net).predict(Xt, return_cov=True)
     assert np.allclose(prior_std**2, np.diag(prior_cov), rtol=1e-12)
+
+
+def test_pdlt_num_threads(monkeypatch) -> None:
+    """PDLT_NUM_THREADS decides the walk's threads; torch's setting is restored after."""
+    import torch
+
+    from pdlt._threads import threads_for, walk_threads
+
+    before = torch.get_num_threads()
+    assert threads_for(100) == 1
+    monkeypatch.setenv("PDLT_NUM_THREADS", "2")
+    with walk_threads(100) as n:
+        assert n == 2 and torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    net = pdlt.MLP("relu", depth=3, width=8, input_dim=4)
+    assert np.isfinite(pdlt.kernel(net, _inputs(10)).K).all()
+    monkeypatch.setenv("PDLT_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="PDLT_NUM_THREADS"):
+        pdlt.kernel(net, _inputs(10))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pdlt._threads import walk_threads
 from pdlt.activations import Activation
 from pdlt.gaussian import LayerMoments
 from pdlt.gaussian.pairs import cross_expectation, diagonal_expectation
@@ -127,8 +128,26 @@ def gram(x: Tensor) -> Tensor:
     return (x @ x.T) / x.shape[1]
 
 
-@torch.no_grad()
 def propagate(
+    net: MLP,
+    gram_matrix: Tensor,
+    recursions: Sequence[Recursion],
+    *,
+    tol: float = 1e-7,
+    keep_moments: bool = False,
+    layers: Sequence[int] | None = None,
+) -> Walk:
+    """Walk layers 1…L of ``net`` once, running every recursion (and what it requires), on
+    the threads :func:`pdlt._threads.threads_for` picks (one below ~4·10⁶ entries, or
+    ``PDLT_NUM_THREADS``). Parameters as :func:`_propagate`."""
+    with walk_threads(gram_matrix.numel()):
+        return _propagate(
+            net, gram_matrix, recursions, tol=tol, keep_moments=keep_moments, layers=layers
+        )
+
+
+@torch.no_grad()
+def _propagate(
     net: MLP,
     gram_matrix: Tensor,
     recursions: Sequence[Recursion],
@@ -301,8 +320,34 @@ def block_size(n_rows: int, max_memory: int | None, n_fields: int) -> int:
     return max(1, int(max_memory) // per_column)
 
 
-@torch.no_grad()
 def propagate_cross(
+    net: MLP,
+    x_a: Tensor,
+    x_b: Tensor,
+    recursions: Sequence[Recursion],
+    *,
+    layers: Sequence[int] | None = None,
+    max_memory: int | None = None,
+    diag_a: Walk | None = None,
+    diag_b: Walk | None = None,
+) -> Walk:
+    """The entrywise fields between inputs ``x_a`` and ``x_b`` (:func:`_propagate_cross`),
+    on the threads :func:`pdlt._threads.threads_for` picks."""
+    with walk_threads(x_a.shape[0] * x_b.shape[0]):
+        return _propagate_cross(
+            net,
+            x_a,
+            x_b,
+            recursions,
+            layers=layers,
+            max_memory=max_memory,
+            diag_a=diag_a,
+            diag_b=diag_b,
+        )
+
+
+@torch.no_grad()
+def _propagate_cross(
     net: MLP,
     x_a: Tensor,
     x_b: Tensor,
