@@ -14,16 +14,26 @@ A residual layer z^{(ℓ+1)} = b + Wσ(z^{(ℓ)}) + γ z^{(ℓ)} adds γ² K^{(�
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from pdlt import _validation
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
 from pdlt.network import MLP, validate_inputs
-from pdlt.theory.layers import LayerState, Recursion, gram, propagate
+from pdlt.theory.layers import (
+    LayerState,
+    Recursion,
+    Walk,
+    gram,
+    layer_selection,
+    propagate,
+    propagate_blocks,
+)
 
 Tensor = torch.Tensor
 
@@ -40,17 +50,21 @@ class Kernel:
         The network it was computed for.
     x:
         The inputs, float64 array (N, n_0).
+    layers:
+        The layers ℓ held, in order (all, 1…L, unless ``layers=`` chose some): ``K[i]`` is
+        K^{(layers[i])}.
     """
 
     K: np.ndarray
     net: MLP
     x: np.ndarray
+    layers: tuple[int, ...] | None = None
 
     statistics = ("K",)
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: one row per layer and unordered input pair (a ≤ b)."""
-        return long_frame({"K": self.K})
+        return relabel_layers(long_frame({"K": self.K}), self.layers)
 
     def __repr__(self) -> str:
         L, N, _ = self.K.shape
@@ -67,15 +81,18 @@ def kernel_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict
     K^{(ℓ+1)}_{αβ} = C_b^{(ℓ+1)} + C_W^{(ℓ+1)} ⟨σ(z_α) σ(z_β)⟩_{K^{(ℓ)}} + γ² K^{(ℓ)}_{αβ},
     the last term for a residual layer (γ = ``net.skip[ℓ]``, book eq. B.11 with ξ = 1)."""
     i = layer - 1
-    K = net.C_b[i] + net.C_W[i] * m.ss
+    K = torch.mul(m.ss, net.C_W[i]).add_(net.C_b[i])  # in place: N² entries per layer
     gamma = net.skip[i]
-    return {"K": K + gamma**2 * prev.K if gamma != 0.0 else K}
+    if gamma != 0.0:  # a residual layer adds γ² K (eq. B.11)
+        K.add_(prev.K, alpha=gamma**2)
+    return {"K": K}
 
 
 KERNEL = Recursion(
     "kernel",
     first=lambda net, g: {"K": net.C_b[0] + net.C_W[0] * g},
     step=kernel_step,
+    entrywise=True,
 )
 
 
@@ -84,7 +101,38 @@ def kernel_layers(net: MLP, x: Tensor) -> list[Tensor]:
     return list(propagate(net, gram(x), [KERNEL]).stack("K"))
 
 
-def kernel(net: MLP, x: np.ndarray | Tensor) -> Kernel:
+def relabel_layers(frame: pd.DataFrame, layers: tuple[int, ...] | None) -> pd.DataFrame:
+    """A long frame's ``layer`` column (positions 1, 2, …) as the layers actually held."""
+    if layers is not None:
+        frame["layer"] = np.asarray(layers)[frame["layer"].to_numpy() - 1]
+    return frame
+
+
+def walk_entrywise(
+    net: MLP,
+    xt: Tensor,
+    recursions: list[Recursion],
+    layers: object,
+    max_memory: object,
+) -> tuple[tuple[int, ...], Walk]:
+    """The kept layers and their walk for :func:`kernel` / :func:`pdlt.ntk`: one walk of the
+    full kernels, or — under a memory cap — a walk in blocks of inputs."""
+    kept = layer_selection(net, layers)
+    if max_memory is None:
+        return kept, propagate(net, gram(xt), recursions, layers=kept)
+    mem = _validation.integer("max_memory", max_memory)
+    if mem < 2**20:
+        raise ValueError(f"max_memory must be an int number of bytes ≥ 1 MiB, got {mem}")
+    return kept, propagate_blocks(net, xt, recursions, layers=kept, max_memory=mem)
+
+
+def kernel(
+    net: MLP,
+    x: np.ndarray | Tensor,
+    *,
+    layers: int | str | Sequence[int] | None = None,
+    max_memory: int | None = None,
+) -> Kernel:
     """The infinite-width kernel K^{(ℓ)}_{αβ} of every layer ℓ = 1…L (book §4.1–4.3).
 
     Parameters
@@ -93,11 +141,20 @@ def kernel(net: MLP, x: np.ndarray | Tensor) -> Kernel:
         The network spec.
     x:
         Inputs, (N, n_0) numpy array or torch tensor.
+    layers:
+        Which layers to return: ``None`` (all, 1…L), ``"last"`` (= L), an int ℓ, or an
+        increasing list (negative ints count from the end). The others are not kept: memory
+        is O(len(layers)·N²), not O(L·N²).
+    max_memory:
+        A cap in bytes (≥ 1 MiB) on the working memory beyond the returned arrays: the kernel
+        is then computed in blocks of inputs (each entry needs only its own past and the
+        inputs' variances), at about the same speed. ``None``: one pass over all N² pairs.
 
     Returns
     -------
     Kernel
-        ``.K`` is a float64 array (L, N, N) with ``K[l-1] = K^{(l)}``.
+        ``.K`` is a float64 array (len(layers), N, N) with ``K[i] = K^{(layers[i])}``; with
+        the default, (L, N, N) with ``K[l-1] = K^{(l)}``.
 
     Examples
     --------
@@ -106,5 +163,5 @@ def kernel(net: MLP, x: np.ndarray | Tensor) -> Kernel:
     (10, 3, 3)
     """
     xt = validate_inputs(net, x)
-    walk = propagate(net, gram(xt), [KERNEL])
-    return Kernel(K=walk.numpy("K"), net=net, x=xt.numpy())
+    kept, walk = walk_entrywise(net, xt, [KERNEL], layers, max_memory)
+    return Kernel(K=walk.numpy("K"), net=net, x=xt.numpy(), layers=kept)

@@ -38,7 +38,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import KERNEL
-from pdlt.theory.layers import gram, propagate
+from pdlt.theory.layers import gram, propagate, propagate_cross, propagate_diagonal
 from pdlt.theory.ntk import NTK_MEAN
 
 # Relative jitters (× mean diagonal) tried in order when a Cholesky factorization fails.
@@ -54,13 +54,44 @@ _PIVOT_FLOOR = 1e-14
 def output_kernels(net: MLP, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(K^{(L)}, Θ^{(L)}) on the inputs x as float64 (N, N) arrays (book §4.3, §8.2)."""
     xt = validate_inputs(net, x)
-    walk = propagate(net, gram(xt), [NTK_MEAN])
+    walk = propagate(net, gram(xt), [NTK_MEAN], layers=[net.depth])
     return walk.states[-1].K.numpy(), walk.states[-1].Theta.numpy()
 
 
 def output_kernel(net: MLP, x: np.ndarray | torch.Tensor) -> np.ndarray:
     """K^{(L)} alone (book §4.3)."""
-    return propagate(net, gram(validate_inputs(net, x)), [KERNEL]).states[-1].K.numpy()
+    xt = validate_inputs(net, x)
+    return propagate(net, gram(xt), [KERNEL], layers=[net.depth]).states[-1].K.numpy()
+
+
+# Working memory of the blocked train × test walk (the arrays returned come on top).
+PREDICT_MAX_MEMORY = 256 * 2**20
+
+
+def output_cross(
+    net: MLP, x_a: np.ndarray, x_b: np.ndarray, ntk: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The output layer's fields between train inputs x_a and test inputs x_b, (n_a, n_b)
+    each, and on the test inputs' diagonal, (n_b,) each: ``K`` (and ``Theta`` if ``ntk``).
+
+    All a prediction with standard deviations needs: the pair map is entrywise given the
+    variances, so the test inputs are walked through the layers in blocks
+    (:func:`pdlt.theory.layers.propagate_cross`) and nothing of size n_b² or L·n_a·n_b is
+    ever formed."""
+    recursion = [NTK_MEAN if ntk else KERNEL]
+    xa, xb = validate_inputs(net, x_a), validate_inputs(net, x_b)
+    diag_b = propagate_diagonal(net, xb, recursion)
+    walk = propagate_cross(
+        net, xa, xb, recursion, layers=[net.depth], max_memory=PREDICT_MAX_MEMORY, diag_b=diag_b
+    )
+    cross = {k: v.numpy() for k, v in walk.states[-1].values.items()}
+    return cross, {k: v.numpy() for k, v in diag_b.states[-1].values.items()}
+
+
+def output_variance(net: MLP, x: np.ndarray) -> np.ndarray:
+    """K^{(L)}_{αα} alone, from 1-D expectations (book §4.3)."""
+    diag = propagate_diagonal(net, validate_inputs(net, x), [KERNEL])
+    return diag.states[-1].K.numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,16 +307,37 @@ class _InfiniteWidthRegressor(RegressorMixin, BaseEstimator):
         self._validate_params()
         return check_array(X, dtype=np.float64)  # the prior: no state is set before fit
 
-    def _output(self, mean: np.ndarray, cov: np.ndarray, return_std: bool, return_cov: bool):
+    def _output(
+        self,
+        mean: np.ndarray,
+        cov: np.ndarray | None,
+        return_std: bool,
+        return_cov: bool,
+        var: np.ndarray | None = None,
+    ):
+        """The sklearn return: mean, and the covariance or standard deviation (from ``var``,
+        the covariance's diagonal, when only that was computed)."""
         y_1d = getattr(self, "_y_1d", True)
         n_out = mean.shape[1]
         mean_out = mean[:, 0] if y_1d else mean
         if return_cov:
             return mean_out, (cov if y_1d else np.repeat(cov[:, :, None], n_out, axis=2))
         if return_std:
-            std = np.sqrt(_clip_variance(np.diag(cov).copy()))
+            diag = np.diag(cov).copy() if var is None else np.array(var, dtype=np.float64)
+            std = np.sqrt(_clip_variance(diag))
             return mean_out, (std if y_1d else np.repeat(std[:, None], n_out, axis=1))
         return mean_out
+
+    def _prior(self, X: np.ndarray, return_std: bool, return_cov: bool):
+        """Before ``fit``: the untrained network, mean 0 and covariance K^{(L)} (its diagonal
+        alone, from 1-D expectations, unless the covariance is asked for)."""
+        net = self._network(X.shape[1])
+        mean = np.zeros((X.shape[0], 1))
+        if return_cov:
+            return self._output(mean, output_kernel(net, X), False, True)
+        if return_std:
+            return self._output(mean, None, True, False, var=output_variance(net, X))
+        return self._output(mean, None, False, False)
 
 
 class NNGPRegressor(_InfiniteWidthRegressor):
@@ -360,18 +412,27 @@ class NNGPRegressor(_InfiniteWidthRegressor):
         """Posterior mean (and std or covariance) at X; before ``fit``, the prior (mean 0, K)."""
         X = self._validate_predict(X, return_std, return_cov)
         if not hasattr(self, "X_train_"):
-            net = self._network(X.shape[1])
-            K = self._prior_metric(net, X) if self.finite_width else output_kernel(net, X)
-            return self._output(np.zeros((X.shape[0], 1)), K, return_std, return_cov)
+            if self.finite_width:
+                net = self._network(X.shape[1])
+                K = self._prior_metric(net, X)
+                return self._output(np.zeros((X.shape[0], 1)), K, return_std, return_cov)
+            return self._prior(X, return_std, return_cov)
         if self.finite_width:
             return self._predict_finite_width(X, return_std, return_cov)
-        N_A = self.X_train_.shape[0]
-        K = output_kernel(self.net_, np.concatenate([self.X_train_, X]))
-        K_BA, K_BB = K[N_A:, :N_A], K[N_A:, N_A:]
-        mean = K_BA @ self.alpha_  # m_B = K_BA (K̃+ε²)^{-1} y
-        V = scipy.linalg.solve_triangular(self.L_, K_BA.T, lower=True)
-        cov = K_BB - V.T @ V  # 𝕂 = K_BB − K_BA (K̃+ε²)^{-1} K_AB
-        return self._output(mean, cov, return_std, return_cov)
+        if return_cov:
+            N_A = self.X_train_.shape[0]
+            K = output_kernel(self.net_, np.concatenate([self.X_train_, X]))
+            K_AB, K_BB = K[:N_A, N_A:], K[N_A:, N_A:]
+        else:  # train × test and the test diagonal only: O(N_A N_B) memory
+            cross, diag = output_cross(self.net_, self.X_train_, X, ntk=False)
+            K_AB, K_BB = cross["K"], None
+        mean = K_AB.T @ self.alpha_  # m_B = K_BA (K̃+ε²)^{-1} y
+        if not (return_std or return_cov):
+            return self._output(mean, None, False, False)
+        V = scipy.linalg.solve_triangular(self.L_, K_AB, lower=True)
+        if return_cov:
+            return self._output(mean, K_BB - V.T @ V, False, True)  # K_BB − K_BA K̃⁻¹ K_AB
+        return self._output(mean, None, True, False, var=diag["K"] - np.einsum("ab,ab->b", V, V))
 
     # -- finite width (book §6.4) -----------------------------------------------------------
 
@@ -526,17 +587,27 @@ class NTKRegressor(_InfiniteWidthRegressor):
         X; before ``fit``, the untrained network (mean 0, covariance K)."""
         X = self._validate_predict(X, return_std, return_cov)
         if not hasattr(self, "X_train_"):
-            net = self._network(X.shape[1])
-            return self._output(
-                np.zeros((X.shape[0], 1)), output_kernel(net, X), return_std, return_cov
-            )
+            return self._prior(X, return_std, return_cov)
         N_A = self.X_train_.shape[0]
-        K, Theta = output_kernels(self.net_, np.concatenate([self.X_train_, X]))
-        T = Theta[N_A:, :N_A] @ self.M_
-        K_BA, K_AA = K[N_A:, :N_A], K[:N_A, :N_A]
-        TK = T @ K_BA.T
-        cov = K[N_A:, N_A:] - TK - TK.T + T @ K_AA @ T.T  # book §10.2.4, Σ^∞ with T(t)
-        return self._output(T @ self.y_train_, 0.5 * (cov + cov.T), return_std, return_cov)
+        K_AA = self.K_train_
+        if return_cov:
+            K, Theta = output_kernels(self.net_, np.concatenate([self.X_train_, X]))
+            T = Theta[N_A:, :N_A] @ self.M_
+            TK = T @ K[N_A:, :N_A].T
+            cov = K[N_A:, N_A:] - TK - TK.T + T @ K_AA @ T.T  # book §10.2.4, Σ^∞ with T(t)
+            return self._output(T @ self.y_train_, 0.5 * (cov + cov.T), False, True)
+        # train × test and the test diagonal only: O(N_A N_B) memory
+        cross, diag = output_cross(self.net_, self.X_train_, X, ntk=True)
+        T = cross["Theta"].T @ self.M_
+        if not return_std:
+            return self._output(T @ self.y_train_, None, False, False)
+        # diag of K_BB − T K_AB − K_BA Tᵀ + T K_AA Tᵀ
+        var = (
+            diag["K"]
+            - 2 * np.einsum("ba,ab->b", T, cross["K"])
+            + np.einsum("ba,ba->b", T @ K_AA, T)
+        )
+        return self._output(T @ self.y_train_, None, True, False, var=var)
 
 
 # --------------------------------------------------------------------------------------------

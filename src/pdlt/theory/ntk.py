@@ -25,6 +25,7 @@ This module gives Θ (:func:`ntk`) and its O(1/n) fluctuations D, F, A, B
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ import torch
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
 from pdlt.network import MLP, require_plain, validate_inputs
-from pdlt.theory.kernel import KERNEL
+from pdlt.theory.kernel import KERNEL, relabel_layers, walk_entrywise
 from pdlt.theory.layers import (
     LayerState,
     Recursion,
@@ -65,18 +66,21 @@ class NTK:
         float64 array (depth, N, N), the kernel K^{(l)} (book §4.3) it rests on.
     net, x:
         The network spec and the inputs (N, n_0).
+    layers:
+        The layers ℓ held, in order (all unless ``layers=`` chose some).
     """
 
     Theta: np.ndarray
     K: np.ndarray
     net: MLP
     x: np.ndarray
+    layers: tuple[int, ...] | None = None
 
     statistics = ("Theta",)
 
     def to_frame(self) -> pd.DataFrame:
         """Long table: one row per layer and unordered input pair (a ≤ b), columns Θ and K."""
-        return long_frame({"Theta": self.Theta, "K": self.K})
+        return relabel_layers(long_frame({"Theta": self.Theta, "K": self.K}), self.layers)
 
     def __repr__(self) -> str:
         L, N, _ = self.Theta.shape
@@ -97,8 +101,11 @@ def ntk_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[st
     γ² Ĥ^{(ℓ)} and the cross terms γ(Wσ'Ĥ + Ĥσ'Wᵀ), whose means vanish (E[W] = 0).
     """
     i = layer - 1
-    chi = net.C_W[i] * m.dd + net.skip[i] ** 2  # a residual layer adds γ² Θ (eq. B.3)
-    return {"Theta": net.lambda_b[i] + net.lambda_W[i] * m.ss + chi * prev.Theta}
+    theta = torch.mul(m.dd, prev.Theta).mul_(net.C_W[i])  # in place: N² entries per layer
+    gamma = net.skip[i]
+    if gamma != 0.0:  # a residual layer adds γ² Θ (eq. B.3)
+        theta.add_(prev.Theta, alpha=gamma**2)
+    return {"Theta": theta.add_(m.ss, alpha=net.lambda_W[i]).add_(net.lambda_b[i])}
 
 
 NTK_MEAN = Recursion(
@@ -106,6 +113,7 @@ NTK_MEAN = Recursion(
     first=lambda net, g: {"Theta": net.lambda_b[0] + net.lambda_W[0] * g},
     step=ntk_step,
     requires=(KERNEL,),
+    entrywise=True,
 )
 
 
@@ -115,7 +123,13 @@ def ntk_layers(net: MLP, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     return list(walk.stack("K")), list(walk.stack("Theta"))
 
 
-def ntk(net: MLP, x: np.ndarray | Tensor) -> NTK:
+def ntk(
+    net: MLP,
+    x: np.ndarray | Tensor,
+    *,
+    layers: int | str | Sequence[int] | None = None,
+    max_memory: int | None = None,
+) -> NTK:
     """The frozen NTK Θ^{(ℓ)}_{δ1δ2} of every layer ℓ = 1…L (book §8.1–8.2).
 
     Uses the network's per-layer learning rates in the book's convention: λ_b^{(ℓ)} for biases
@@ -128,11 +142,15 @@ def ntk(net: MLP, x: np.ndarray | Tensor) -> NTK:
         The network spec (its ``lambda_b``, ``lambda_W`` set the learning rates).
     x:
         Inputs, (N, n_0) numpy array or torch tensor.
+    layers, max_memory:
+        Which layers to return and a cap on working memory (blocks of inputs), as in
+        :func:`pdlt.kernel`.
 
     Returns
     -------
     NTK
-        ``.Theta`` float64 (L, N, N) with ``Theta[l-1] = Θ^{(l)}``; ``.K`` the kernel.
+        ``.Theta`` float64 (len(layers), N, N), by default (L, N, N) with
+        ``Theta[l-1] = Θ^{(l)}``; ``.K`` the kernel of the same layers.
 
     Examples
     --------
@@ -141,8 +159,8 @@ def ntk(net: MLP, x: np.ndarray | Tensor) -> NTK:
     array([ 2.,  4.,  6.,  8., 10.])
     """
     xt = validate_inputs(net, x)
-    walk = propagate(net, gram(xt), [NTK_MEAN])
-    return NTK(Theta=walk.numpy("Theta"), K=walk.numpy("K"), net=net, x=xt.numpy())
+    kept, walk = walk_entrywise(net, xt, [NTK_MEAN], layers, max_memory)
+    return NTK(Theta=walk.numpy("Theta"), K=walk.numpy("K"), net=net, x=xt.numpy(), layers=kept)
 
 
 # --------------------------------------------------------------------------------------------
