@@ -182,3 +182,15 @@ def test_kinked_k_zero_class_exponents():
     assert lr.method == "book" and lr.lambda_b[-1] == pytest.approx(
         10 ** (cp.p_perp - 1) / 10**cp.p_perp
     )
+
+
+def test_ntk_criticality_deep_networks_regression():
+    """Issue 15 item 2: past depth ~334 exploding gradients were called "critical" because κ was
+    compared at ℓ = L + (D − L)/2 and D instead of D/2 and D. The gradient product of tanh at
+    C_W = 1.5 over 340 layers is ~1e51: exploding; C_W = 0.8, C_b = 0.1 at depth 1000 vanishes;
+    the K*=0 critical point stays critical at depth 500."""
+    x = np.ones((1, 4))
+    assert pdlt.ntk_criticality(pdlt.MLP("tanh", 340, 8, 4, C_W=1.5), x).regime == "exploding"
+    net = pdlt.MLP("tanh", 1000, 8, 4, C_W=0.8, C_b=0.1)
+    assert pdlt.ntk_criticality(net, x).regime == "vanishing"
+    assert pdlt.ntk_criticality(pdlt.MLP("tanh", 500, 8, 4, C_W=1.0), x).regime == "critical"
