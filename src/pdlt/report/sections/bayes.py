@@ -94,7 +94,8 @@ def _bayes_section(config: ReportConfig) -> Section:
             {
                 "section": "bayes",
                 "check": f"1/n posterior closer to real networks than the GP (n={n})",
-                "value": f"{d_1:.3g} vs {d_gp:.3g}",
+                "value": f"{d_1:.3g} vs {d_gp:.3g}"
+                + ("" if d_1 < d_gp else " (GP residual within 3 se: not resolved at this n)"),
                 "status": status(bool(d_1 < d_gp or d_gp < 3 * ms.mean_err.max())),
             }
         )
