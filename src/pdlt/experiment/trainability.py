@@ -397,8 +397,9 @@ def trainability(
 
 
 def _grid(cw: list, dp: list, s: dict) -> dict:
-    """The sweep grid: one cell per depth, the whole C_W row inside it."""
-    return {"depth": dp, "C_W": [cw], **{k: [v] for k, v in s.items()}}
+    """The sweep grid: one cell per depth, the whole C_W row inside it; deepest first, so that
+    parallel workers start on the longest cells (a cell's cost grows with its depth)."""
+    return {"depth": sorted(dp, reverse=True), "C_W": [cw], **{k: [v] for k, v in s.items()}}
 
 
 def _cells_frame(res: SweepResult) -> pd.DataFrame:
