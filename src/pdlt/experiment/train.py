@@ -545,10 +545,15 @@ def gradient_descent(
         total = torch.where(alive, per_net, torch.zeros_like(per_net)).sum()
         grads = torch.autograd.grad(total, params)
         with torch.no_grad():
-            mask = alive.to(dtype)[:, None, None]
-            for i in range(net.depth):
-                Ws[i].sub_(rates_W[i] * mask * torch.nan_to_num(grads[i]))
-                bs[i].sub_(rates_b[i] * mask * torch.nan_to_num(grads[net.depth + i]))
+            if bool(alive.all()):  # the common case: no mask, no NaN to clean (~10% of a step)
+                for i in range(net.depth):
+                    Ws[i].sub_(grads[i], alpha=rates_W[i])
+                    bs[i].sub_(grads[net.depth + i], alpha=rates_b[i])
+            else:
+                mask = alive.to(dtype)[:, None, None]
+                for i in range(net.depth):
+                    Ws[i].sub_(rates_W[i] * mask * torch.nan_to_num(grads[i]))
+                    bs[i].sub_(rates_b[i] * mask * torch.nan_to_num(grads[net.depth + i]))
         if advance is not None:
             advance(1)
     return alive
