@@ -121,5 +121,7 @@ def test_bad_input():
         trainability([1.0], [4], X=np.ones((3, 2)), store=None)
     with pytest.raises(ValueError, match="steps"):
         trainability([1.0], [4], store=None, steps=0)
+    with pytest.raises(ValueError, match="device"):
+        trainability([1.0], [4], store=None, device="tpu")
     with pytest.raises(ValueError, match="labels"):
         trainability([1.0], [4], X=np.eye(3), y=np.array([0.5, 1, 2]), store=None)

@@ -371,6 +371,9 @@ def trainability(
         raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {s['loss']!r}")
     cw = _grid_values("C_W", C_W, float)
     dp = _grid_values("depth", depth, int)
+    from pdlt.experiment.ensemble import resolve_device
+
+    resolve_device(device)  # a bad or absent device fails here, before any cell runs
     constants: dict[str, Any] = {}
     if (X is None) != (y is None):
         raise ValueError("give both X and y, or neither (the digits data set)")
