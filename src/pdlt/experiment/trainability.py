@@ -232,7 +232,9 @@ class Trainability:
     theory:
         Fine C_W grid with χ_⊥ and ξ_⊥, and ``critical_C_W`` (χ_⊥ = 1).
     cells:
-        The per-cell table (:meth:`SweepResult.to_frame`).
+        One row per (depth, C_W, seed): the settings, accuracy, accuracy_min/max,
+        initial_accuracy, diverged, chance, and the share of its sweep cell's (one depth's)
+        seconds and cpu_seconds.
     """
 
     C_W: np.ndarray
