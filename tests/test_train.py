@@ -9,7 +9,7 @@ import torch
 
 import pdlt
 from pdlt.experiment.ensemble import forward_chunks
-from pdlt.experiment.train import train_ensemble
+from pdlt.experiment.train import train_ensemble, train_ensembles
 from pdlt.theory.learning import NTKRegressor, output_kernels
 
 RNG = np.random.default_rng(1)
@@ -126,6 +126,38 @@ def test_same_seed_same_networks_any_chunking():
     # step 0 is the untrained network that measure() samples with the same seed
     (chunk,) = forward_chunks(net, torch.as_tensor(X_A), 20, 5)
     np.testing.assert_allclose(a.predictions[0][..., 0], chunk.z[-1][:, 0, :].numpy(), rtol=1e-6)
+
+
+def test_specs_batched_together_equal_one_spec_at_a_time():
+    # train_ensembles trains specs that differ in C_W, C_b as one batch (spec × network); each
+    # ensemble must be train_ensemble's for that spec: the same networks, the same updates.
+    base = pdlt.MLP("tanh", depth=3, width=8, input_dim=3, lambda_W=0.8)
+    nets = [base.with_(C_W=c, C_b=b) for c, b in ((0.7, 0.0), (1.6, 0.2), (3.0, 0.05))]
+    kw = dict(
+        steps=6, learning_rate=0.1, n_networks=6, seed=4, X_test=X_B[::-1], record_steps=[0, 2, 6],
+        antithetic=True, dtype="float64", record_ntk=True,
+    )  # fmt: skip
+    batched = train_ensembles(nets, X_A, Y_A, **kw)
+    assert len(batched) == 3
+    for net, ens in zip(nets, batched, strict=True):
+        ref = train_ensemble(net, X_A, Y_A, **kw)
+        assert ens.net == net
+        np.testing.assert_allclose(ens.predictions, ref.predictions, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(ens.train_loss, ref.train_loss, rtol=1e-12)
+        np.testing.assert_allclose(ens.ntk, ref.ntk, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(ens.diverged, ref.diverged)
+    # a spec that diverges is flagged alone; its neighbours in the batch train on
+    hot = [base.with_(C_W=1.0), base.with_(C_W=40.0)]
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        cold, burnt = train_ensembles(
+            [h.with_(activation="relu") for h in hot], X_A, 100 * Y_A, steps=60,
+            learning_rate=0.5, n_networks=4, seed=0,
+        )  # fmt: skip
+    assert burnt.diverged.all() and not cold.diverged.any()
+    with pytest.raises(ValueError, match="differ only in C_W and C_b"):
+        train_ensembles([base, base.with_(width=9)], X_A, Y_A, steps=1, learning_rate=0.1)
+    with pytest.raises(TypeError, match="sequence of pdlt.MLP"):
+        train_ensembles(base, X_A, Y_A, steps=1, learning_rate=0.1)
 
 
 def test_divergence_is_flagged_not_silent():

@@ -7,9 +7,11 @@ from typer.testing import CliRunner
 
 from pdlt.cli import app
 from pdlt.experiment.trainability import (
+    digits,
     stored_trainability,
     theory_overlay,
     trainability,
+    trainability_row,
 )
 from pdlt.theory.criticality import criticality
 
@@ -35,6 +37,34 @@ def test_tiny_diagram_separates_trainable_from_untrainable(tmp_path):
     assert stored_trainability(tmp_path, [0.5, 1.75], [3, 16], **TINY) is not None
     assert stored_trainability(tmp_path, [0.5, 1.75], [3, 32], **TINY) is None
     assert stored_trainability(tmp_path / "nothing") is None
+
+
+def test_batched_row_equals_one_network_spec_at_a_time():
+    # A depth's C_W row trains as one batched program; each C_W must give what training that
+    # spec alone with pdlt.train_ensemble (the per-cell route) gives: the same networks, the
+    # same updates, so the same accuracies (float32: a prediction at an argmax tie could flip;
+    # one training example of 64 is allowed).
+    import torch
+
+    from pdlt.experiment.train import train_ensemble
+    from pdlt.network import MLP
+
+    settings = dict(C_b=0.05, width=16, steps=40, learning_rate=2.0, n_train=64, n_networks=3)
+    cws, depth = [0.6, 1.75, 3.5], 5
+    row = trainability_row(depth, C_W=cws, seed=2, loss="cross_entropy", **settings)
+    X, labels = digits(64)
+    Y = np.eye(10)[labels]
+    for i, c in enumerate(cws):
+        net = MLP(
+            "tanh", depth=depth, width=16, input_dim=64, output_dim=10, C_W=c, C_b=0.05,
+            lambda_b=1 / depth, lambda_W=1 / depth,
+        )  # fmt: skip
+        alone = train_ensemble(
+            net, X, Y, steps=40, learning_rate=2.0 / 64, loss="cross_entropy", n_networks=3,
+            seed=2, dtype=torch.float32, progress=False,
+        )  # fmt: skip
+        assert row["accuracy"][i] == pytest.approx(alone.train_accuracy[-1].mean(), abs=1 / 64)
+        assert row["initial_accuracy"][i] == pytest.approx(alone.train_accuracy[0].mean())
 
 
 def test_theory_overlay_boundary_is_chi_perp_one():
@@ -91,5 +121,7 @@ def test_bad_input():
         trainability([1.0], [4], X=np.ones((3, 2)), store=None)
     with pytest.raises(ValueError, match="steps"):
         trainability([1.0], [4], store=None, steps=0)
+    with pytest.raises(ValueError, match="device"):
+        trainability([1.0], [4], store=None, device="tpu")
     with pytest.raises(ValueError, match="labels"):
         trainability([1.0], [4], X=np.eye(3), y=np.array([0.5, 1, 2]), store=None)

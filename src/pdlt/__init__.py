@@ -19,7 +19,7 @@ from pdlt.experiment.dntk import EmpiricalDNTK, empirical_dntk
 from pdlt.experiment.measure import Measurement, measure
 from pdlt.experiment.ntk import empirical_ntk
 from pdlt.experiment.sweep import sweep
-from pdlt.experiment.train import TrainedEnsemble, train_ensemble
+from pdlt.experiment.train import TrainedEnsemble, train_ensemble, train_ensembles
 from pdlt.experiment.trainability import Trainability, trainability
 from pdlt.network import MLP
 from pdlt.theory.bayes import BayesianPosterior, bayesian_posterior
@@ -75,6 +75,7 @@ __all__ = [
     "log_evidence",
     "sweep",
     "train_ensemble",
+    "train_ensembles",
     "trainability",
     "FourPointVertex",
     "KernelCorrection",

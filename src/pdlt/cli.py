@@ -213,6 +213,7 @@ def phase_diagram(
     out: Annotated[
         Path, typer.Option(help="Figure to write (.png/.pdf); a .csv goes beside it.")
     ] = Path("phase-diagram.png"),
+    device: Annotated[str, typer.Option(help="Where the networks train: cpu or cuda.")] = "cpu",
 ) -> None:
     """Trainability phase diagram: tanh MLPs trained over C_W × depth (Schoenholz et al. 2016),
     with the order–chaos boundary and 6·ξ_⊥ from the theory (book §5.1)."""
@@ -241,6 +242,7 @@ def phase_diagram(
             store=store,
             scheduler=scheduler,
             n_workers=workers,
+            device=device,
             C_b=C_b,
             width=width,
             steps=steps,

@@ -129,12 +129,23 @@ def draw_parameters(
     networks ``start … start+size−1`` of the ensemble ``seed`` (what forward_chunks draws).
 
     Network m reseeds one generator with :func:`network_seeds` and draws W^{(1)}, b^{(1)}, W^{(2)},
-    … as float32 standard normals; they are then scaled in float64 and cast to ``dtype``. So network m is a
+    … as float32 standard normals (:func:`draw_standard_parameters`); they are then scaled in
+    float64 and cast to ``dtype`` (:func:`scale_parameters`). So network m is a
     function of (seed, m) only — the same in whatever chunk it falls, however many networks the
     ensemble holds — and a float32 network is the float64 one rounded, so that a float64 run
     isolates rounding. (float32 draws: torch draws float64 normals ~6x slower on CPU.) One Python
     step per network and layer (~1 µs) is small beside the forward pass.
     """
+    Ws, bs = draw_standard_parameters(net, seed, start, size, device)
+    return scale_parameters(net, Ws, bs, dtype)
+
+
+def draw_standard_parameters(
+    net: MLP, seed: int, start: int, size: int, device: torch.device = CPU
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The float32 standard normals behind :func:`draw_parameters` (before the √(C_W/n_{ℓ−1})
+    and √C_b scales): networks of the same widths and seed that differ only in C_W, C_b share
+    them (the batched phase diagram draws them once for a whole row of C_W)."""
     shapes = [(net.widths[ell + 1], net.widths[ell]) for ell in range(net.depth)]
     Ws = [torch.empty((size, *s), dtype=torch.float32, device=device) for s in shapes]
     bs = [torch.empty((size, s[0], 1), dtype=torch.float32, device=device) for s in shapes]
@@ -144,11 +155,20 @@ def draw_parameters(
         for W, b in zip(Ws, bs, strict=True):
             W[i].normal_(generator=gen)
             b[i].normal_(generator=gen)
-    # scaled in float64 then rounded once, so float32 parameters are exactly the float64 ones
-    # rounded (one layer at a time in float64: a small work copy)
-    for ell in range(net.depth):
-        Ws[ell] = Ws[ell].double().mul_(math.sqrt(net.C_W[ell] / net.widths[ell])).to(dtype)
-        bs[ell] = bs[ell].double().mul_(math.sqrt(net.C_b[ell])).to(dtype)
+    return Ws, bs
+
+
+def scale_parameters(
+    net: MLP, Ws: list[Tensor], bs: list[Tensor], dtype
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Standard normals → W^{(ℓ)} ~ N(0, C_W^{(ℓ)}/n_{ℓ−1}), b^{(ℓ)} ~ N(0, C_b^{(ℓ)}) of ``net``,
+    scaled in float64 then rounded once to ``dtype`` (new tensors; the inputs are kept)."""
+    # one layer at a time in float64: a small work copy
+    Ws = [
+        W.double().mul_(math.sqrt(net.C_W[ell] / net.widths[ell])).to(dtype)
+        for ell, W in enumerate(Ws)
+    ]
+    bs = [b.double().mul_(math.sqrt(net.C_b[ell])).to(dtype) for ell, b in enumerate(bs)]
     return Ws, bs
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -34,11 +34,12 @@ from pdlt.experiment.ensemble import (
     DEFAULT_MAX_MEMORY,
     Chunk,
     check_ensemble_args,
-    draw_parameters,
+    draw_standard_parameters,
     progress_bar,
     progress_enabled,
     resolve_device,
     resolve_dtype,
+    scale_parameters,
 )
 from pdlt.experiment.ntk import chunk_ntk
 from pdlt.network import MLP, validate_inputs
@@ -320,8 +321,70 @@ def train_ensemble(
     >>> ens = pdlt.train_ensemble(net, X, y, steps=200, learning_rate=0.1, n_networks=256)
     >>> mean, err = ens.mean()
     """
-    if not isinstance(net, MLP):
-        raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
+    return train_ensembles(
+        [net], X, y, steps=steps, learning_rate=learning_rate, loss=loss,
+        n_networks=n_networks, seed=seed, X_test=X_test, record_steps=record_steps,
+        antithetic=antithetic, dtype=dtype, device=device, max_memory=max_memory,
+        threads=threads, progress=progress, record_ntk=record_ntk,
+    )[0]  # fmt: skip
+
+
+def _same_but_variances(nets: Sequence[MLP]) -> None:
+    first = nets[0]
+    for other in nets[1:]:
+        if not isinstance(other, MLP):
+            raise TypeError(f"nets must be pdlt.MLP specs, got {type(other).__name__}")
+        same = (
+            repr(other.activation) == repr(first.activation)
+            and other.widths == first.widths
+            and list(other.lambda_W) == list(first.lambda_W)
+            and list(other.lambda_b) == list(first.lambda_b)
+            and list(other.skip) == list(first.skip)
+        )
+        if not same:
+            raise ValueError(
+                "train_ensembles trains networks that differ only in C_W and C_b: every net "
+                "must have the same activation, widths, learning-rate factors and skips"
+            )
+
+
+def train_ensembles(
+    nets: Sequence[MLP],
+    X: np.ndarray | Tensor,
+    y: np.ndarray | Tensor,
+    *,
+    steps: int,
+    learning_rate: float,
+    loss: str = "mse",
+    n_networks: int = 100,
+    seed: int = 0,
+    X_test: np.ndarray | Tensor | None = None,
+    record_steps: Sequence[int] | None = None,
+    antithetic: bool = False,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    threads: int | None = 1,
+    progress: bool | None = None,
+    record_ntk: bool = False,
+) -> list[TrainedEnsemble]:
+    """:func:`train_ensemble` for several specs that differ only in their initialization
+    variances C_W, C_b, trained together as one batched program (batch = spec × network).
+
+    Network m of every spec is drawn from the same standard normals, scaled by
+    √(C_W^{(ℓ)}/n_{ℓ−1}) and √C_b^{(ℓ)} of its spec (:func:`pdlt.experiment.ensemble.
+    scale_parameters`), so ensemble k is exactly ``train_ensemble(nets[k], ..., seed=seed)``:
+    the same initial networks, the same update (book §7.1, §8.0), one batched forward/backward
+    pass per step for all specs (the trainability phase diagram trains a whole row of C_W at
+    one depth this way). Arguments as in :func:`train_ensemble`; returns one
+    :class:`TrainedEnsemble` per spec, in order.
+    """
+    if isinstance(nets, MLP) or not isinstance(nets, Sequence) or len(nets) == 0:
+        raise TypeError("nets must be a non-empty sequence of pdlt.MLP specs")
+    if not isinstance(nets[0], MLP):
+        raise TypeError(f"nets must be pdlt.MLP specs, got {type(nets[0]).__name__}")
+    _same_but_variances(nets)
+    net = nets[0]
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     steps = _validation.integer("steps", steps, min=0)
@@ -346,17 +409,16 @@ def train_ensemble(
     xa = x.to(dev, dtype).T  # (n_0, N_A)
     xb = xt.to(dev, dtype).T
     ya = Y.to(dev, dtype).T  # (n_L, N_A)
-    rates_W = [learning_rate * net.lambda_W[i] / net.widths[i] for i in range(net.depth)]
-    rates_b = [learning_rate * net.lambda_b[i] for i in range(net.depth)]
-
+    K = len(nets)
     n_draw = n_networks // 2 if antithetic else n_networks
-    B = min(_chunk_size(net, x.shape[0] + xt.shape[0], dtype, max_memory), n_draw)
+    # a chunk holds B networks of every spec: K·B in one batched program
+    B = max(1, min(_chunk_size(net, x.shape[0] + xt.shape[0], dtype, max_memory) // K, n_draw))
     R, M = len(rec), n_networks
-    preds = np.full((R, M, xt.shape[0], net.output_dim), np.nan)
-    ntks = np.full((R, M, x.shape[0], x.shape[0]), np.nan) if record_ntk else None
-    losses = np.full((R, M), np.nan)
-    accs = np.full((R, M), np.nan) if classify else None
-    diverged = np.zeros(M, dtype=bool)
+    preds = np.full((K, R, M, xt.shape[0], net.output_dim), np.nan)
+    ntks = np.full((K, R, M, x.shape[0], x.shape[0]), np.nan) if record_ntk else None
+    losses = np.full((K, R, M), np.nan)
+    accs = np.full((K, R, M), np.nan) if classify else None
+    diverged = np.zeros((K, M), dtype=bool)
 
     with torch_threads(threads if dev.type == "cpu" else None):
         n_chunks = math.ceil(n_draw / B)
@@ -365,63 +427,133 @@ def train_ensemble(
         ) as adv:
             for start in range(0, n_draw, B):
                 size = min(B, n_draw - start)
-                Ws, bs = draw_parameters(net, int(seed), start, size, dtype, dev)
-                if antithetic:  # interleave (θ, θ with the last layer negated)
-                    Ws = [torch.stack([W, W], 1).flatten(0, 1) for W in Ws]
-                    bs = [torch.stack([b, b], 1).flatten(0, 1) for b in bs]
-                    sign = torch.tensor([1.0, -1.0], dtype=dtype, device=dev).repeat(size)
-                    Ws[-1] = Ws[-1] * sign[:, None, None]
-                    bs[-1] = bs[-1] * sign[:, None, None]
+                Ws, bs = _initial_parameters(nets, int(seed), start, size, antithetic, dtype, dev)
                 lo, hi = (2 * start, 2 * (start + size)) if antithetic else (start, start + size)
-                params = [p.requires_grad_(True) for p in (*Ws, *bs)]
-                alive = torch.ones(hi - lo, dtype=torch.bool, device=dev)
-                r = 0
-                for step in range(int(steps) + 1):
-                    z = _forward(net, Ws, bs, xa)
-                    per_net = _loss_per_network(z, ya, loss)
-                    alive &= torch.isfinite(per_net)
-                    if r < R and rec[r] == step:
-                        with torch.no_grad():
-                            zb = _forward(net, Ws, bs, xb) if X_test is not None else z
-                            out = zb.transpose(1, 2).detach().to("cpu", torch.float64).numpy()
-                            keep = alive.cpu().numpy()
-                            preds[r, lo:hi][keep] = out[keep]
-                            losses[r, lo:hi][keep] = per_net.detach().cpu().numpy()[keep]
-                            if classify:
-                                accs[r, lo:hi][keep] = _accuracy(z, ya).cpu().numpy()[keep]
-                            if record_ntk:
-                                H = _output_ntk(net, Ws, bs, xa).cpu().numpy()
-                                ntks[r, lo:hi][keep] = H[keep]
-                        r += 1
-                    if step == steps:
-                        break
-                    total = torch.where(alive, per_net, torch.zeros_like(per_net)).sum()
-                    grads = torch.autograd.grad(total, params)
-                    with torch.no_grad():
-                        mask = alive.to(dtype)[:, None, None]
-                        for i in range(net.depth):
-                            Ws[i].sub_(rates_W[i] * mask * torch.nan_to_num(grads[i]))
-                            bs[i].sub_(rates_b[i] * mask * torch.nan_to_num(grads[net.depth + i]))
-                    adv(1)
-                diverged[lo:hi] = ~alive.cpu().numpy()
-    if diverged.any():
-        warnings.warn(
-            f"{int(diverged.sum())} of {M} networks diverged (training loss became non-finite); "
-            "their entries after divergence are NaN and they are flagged in .diverged — lower "
-            "the learning rate to train them",
-            RuntimeWarning,
-            stacklevel=2,
+                per_spec = hi - lo
+
+                # bound now: the recorder is called within this chunk only
+                def record(r, z, per_net, alive, Ws=Ws, bs=bs, lo=lo, hi=hi, per_spec=per_spec):
+                    zb = _forward(net, Ws, bs, xb) if X_test is not None else z
+                    out = zb.transpose(1, 2).detach().to("cpu", torch.float64).numpy()
+                    out = out.reshape(K, per_spec, *out.shape[1:])
+                    keep = alive.cpu().numpy().reshape(K, per_spec)
+                    ell = per_net.detach().cpu().numpy().reshape(K, per_spec)
+                    acc = _accuracy(z, ya).cpu().numpy().reshape(K, per_spec) if classify else None
+                    H = _output_ntk(net, Ws, bs, xa).cpu().numpy() if record_ntk else None
+                    for k in range(K):
+                        kk = keep[k]
+                        preds[k, r, lo:hi][kk] = out[k][kk]
+                        losses[k, r, lo:hi][kk] = ell[k][kk]
+                        if classify:
+                            accs[k, r, lo:hi][kk] = acc[k][kk]
+                        if record_ntk:
+                            Hk = H.reshape(K, per_spec, *H.shape[1:])[k]
+                            ntks[k, r, lo:hi][kk] = Hk[kk]
+
+                alive = gradient_descent(
+                    net, Ws, bs, xa, ya, loss, int(steps), learning_rate, rec, record, adv
+                )
+                diverged[:, lo:hi] = ~alive.cpu().numpy().reshape(K, per_spec)
+    out_list = []
+    for k, spec in enumerate(nets):
+        if diverged[k].any():
+            warnings.warn(
+                f"{int(diverged[k].sum())} of {M} networks diverged (training loss became "
+                "non-finite); their entries after divergence are NaN and they are flagged in "
+                ".diverged — lower the learning rate to train them",
+                RuntimeWarning,
+                stacklevel=3 if K == 1 else 2,
+            )
+        out_list.append(
+            TrainedEnsemble(
+                steps=rec,
+                predictions=preds[k],
+                train_loss=losses[k],
+                train_accuracy=accs[k] if classify else None,
+                diverged=diverged[k],
+                net=spec,
+                learning_rate=float(learning_rate),
+                loss=loss,
+                seed=int(seed),
+                antithetic=bool(antithetic),
+                ntk=ntks[k] if record_ntk else None,
+            )
         )
-    return TrainedEnsemble(
-        steps=rec,
-        predictions=preds,
-        train_loss=losses,
-        train_accuracy=accs,
-        diverged=diverged,
-        net=net,
-        learning_rate=float(learning_rate),
-        loss=loss,
-        seed=int(seed),
-        antithetic=bool(antithetic),
-        ntk=ntks,
-    )
+    return out_list
+
+
+def _initial_parameters(
+    nets: Sequence[MLP], seed: int, start: int, size: int, antithetic: bool, dtype, dev
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Networks ``start … start+size−1`` of every spec, stacked spec-major (K·size, or K·2·size
+    with antithetic pairs): one draw of standard normals, scaled per spec."""
+    Zw, Zb = draw_standard_parameters(nets[0], seed, start, size, dev)
+    parts = []
+    for spec in nets:
+        Ws, bs = scale_parameters(spec, Zw, Zb, dtype)
+        if antithetic:  # interleave (θ, θ with the last layer negated)
+            Ws = [torch.stack([W, W], 1).flatten(0, 1) for W in Ws]
+            bs = [torch.stack([b, b], 1).flatten(0, 1) for b in bs]
+            sign = torch.tensor([1.0, -1.0], dtype=dtype, device=dev).repeat(size)
+            Ws[-1] = Ws[-1] * sign[:, None, None]
+            bs[-1] = bs[-1] * sign[:, None, None]
+        parts.append((Ws, bs))
+    if len(parts) == 1:
+        return parts[0]
+    depth = len(parts[0][0])
+    Ws = [torch.cat([p[0][ell] for p in parts]) for ell in range(depth)]
+    bs = [torch.cat([p[1][ell] for p in parts]) for ell in range(depth)]
+    return Ws, bs
+
+
+def gradient_descent(
+    net: MLP,
+    Ws: list[Tensor],
+    bs: list[Tensor],
+    xa: Tensor,
+    ya: Tensor,
+    loss: str,
+    steps: int,
+    learning_rate: float,
+    record_at: Sequence[int] = (),
+    record: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Full-batch gradient descent of a batch of B networks, in place: the book's update
+    b ← b − η λ_b ∂L_A/∂b, W ← W − η (λ_W/n_{ℓ−1}) ∂L_A/∂W (§7.1, §8.0) on the summed loss,
+    ``steps`` times. ``Ws``/``bs``: (B, n_ℓ, n_{ℓ−1}) / (B, n_ℓ, 1); ``xa`` (n_0, N), ``ya``
+    (n_L, N). At each step in ``record_at`` (sorted), ``record(r, z, per_net_loss, alive)`` is
+    called before the update, without gradients. A network whose loss becomes non-finite stops
+    moving; returns the (B,) mask of networks that never diverged."""
+    rates_W = [learning_rate * net.lambda_W[i] / net.widths[i] for i in range(net.depth)]
+    rates_b = [learning_rate * net.lambda_b[i] for i in range(net.depth)]
+    params = [p.requires_grad_(True) for p in (*Ws, *bs)]
+    dtype = Ws[0].dtype
+    alive = torch.ones(Ws[0].shape[0], dtype=torch.bool, device=Ws[0].device)
+    r, R = 0, len(record_at)
+    for step in range(steps + 1):
+        z = _forward(net, Ws, bs, xa)
+        per_net = _loss_per_network(z, ya, loss)
+        alive &= torch.isfinite(per_net)
+        if r < R and record_at[r] == step:
+            if record is not None:
+                with torch.no_grad():
+                    record(r, z, per_net, alive)
+            r += 1
+        if step == steps:
+            break
+        total = torch.where(alive, per_net, torch.zeros_like(per_net)).sum()
+        grads = torch.autograd.grad(total, params)
+        with torch.no_grad():
+            if bool(alive.all()):  # the common case: no mask, no NaN to clean (~10% of a step)
+                for i in range(net.depth):
+                    Ws[i].sub_(grads[i], alpha=rates_W[i])
+                    bs[i].sub_(grads[net.depth + i], alpha=rates_b[i])
+            else:
+                mask = alive.to(dtype)[:, None, None]
+                for i in range(net.depth):
+                    Ws[i].sub_(rates_W[i] * mask * torch.nan_to_num(grads[i]))
+                    bs[i].sub_(rates_b[i] * mask * torch.nan_to_num(grads[net.depth + i]))
+        if advance is not None:
+            advance(1)
+    return alive

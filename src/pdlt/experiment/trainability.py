@@ -7,8 +7,10 @@ theory's order–chaos boundary (χ_⊥ = 1) and the depth 6·ξ_⊥ overlaid, w
 point (book §5.1; the papers' ξ_c). Networks deeper than a few ξ_⊥ lose the information that
 distinguishes their inputs (ordered side) or scramble it (chaotic side), and stop training.
 
-Each grid point is one sweep cell (:mod:`pdlt.experiment.sweep`), so the diagram resumes after an
-interruption and scales out to processes or a Dask cluster.
+Each depth is one sweep cell (:mod:`pdlt.experiment.sweep`), so the diagram resumes after an
+interruption and scales out to processes or a Dask cluster. Inside a cell, the networks of every
+C_W train together as one batched program: networks that differ only in C_W differ only in their
+initial scale, so they share one draw of standard normals (:func:`trainability_row`).
 
 Conventions: inputs are centred and scaled to |x|² = n_0, so K^{(1)} = C_b + C_W as in
 :func:`pdlt.theory.criticality.criticality`; the learning rates follow the book's depth scaling
@@ -83,13 +85,20 @@ def _labels(y: np.ndarray, n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# one cell
+# one cell: a depth, every C_W
 
 
-def trainability_cell(
-    C_W: float,
+def _data(X: np.ndarray | None, y: np.ndarray | None, n_train: int):
+    if X is None:
+        return digits(n_train)
+    X = np.asarray(X, dtype=np.float64)[:n_train]
+    return X, _labels(np.asarray(y)[:n_train], X.shape[0])
+
+
+def trainability_row(
     depth: int,
     *,
+    C_W: Sequence[float],
     seed: int,
     C_b: float,
     width: int,
@@ -100,41 +109,45 @@ def trainability_cell(
     loss: str,
     X: np.ndarray | None = None,
     y: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> dict:
-    """Train ``n_networks`` tanh networks at (C_W, depth) and return their training accuracy.
+    """Train ``n_networks`` tanh networks at every C_W of a row, one depth, as one batched
+    program (:func:`pdlt.experiment.train.train_ensembles`: networks with different C_W differ
+    only in their initial scale √(C_W/n_{ℓ−1}), so they share their standard normals and one
+    forward/backward pass per step). Returns per-C_W lists of the training accuracy.
 
     A pure function of its arguments: the data are the digits subset (or ``X``, ``y``), the
-    networks are drawn from ``seed``. Diverged networks count at chance accuracy.
+    networks are drawn from ``seed`` — network m at C_W is the one :func:`trainability_cell`
+    (and :func:`pdlt.train_ensemble`) draws there. Diverged networks count at chance accuracy.
     """
     import warnings
 
     import torch
 
-    from pdlt.experiment.train import train_ensemble
+    from pdlt.experiment.train import train_ensembles
     from pdlt.network import MLP
 
-    if X is None:
-        X, labels = digits(n_train)
-    else:
-        X = np.asarray(X, dtype=np.float64)[:n_train]
-        labels = _labels(np.asarray(y)[:n_train], X.shape[0])
+    X, labels = _data(X, y, n_train)
     n_classes = int(labels.max()) + 1
     Y = np.eye(n_classes)[labels]
-    net = MLP(
-        "tanh",
-        depth=int(depth),
-        width=int(width),
-        input_dim=X.shape[1],
-        output_dim=n_classes,
-        C_W=float(C_W),
-        C_b=float(C_b),
-        lambda_b=1.0 / depth,
-        lambda_W=1.0 / depth,
-    )
+    nets = [
+        MLP(
+            "tanh",
+            depth=int(depth),
+            width=int(width),
+            input_dim=X.shape[1],
+            output_dim=n_classes,
+            C_W=float(c),
+            C_b=float(C_b),
+            lambda_b=1.0 / depth,
+            lambda_W=1.0 / depth,
+        )
+        for c in C_W
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # divergence is a result here
-        ens = train_ensemble(
-            net,
+        ensembles = train_ensembles(
+            nets,
             X,
             Y,
             steps=int(steps),
@@ -143,18 +156,28 @@ def trainability_cell(
             n_networks=int(n_networks),
             seed=int(seed),
             dtype=torch.float32,
+            device=device,
             progress=False,
         )
     chance = 1.0 / n_classes
-    acc = np.where(ens.diverged, chance, ens.train_accuracy[-1])
-    return {
-        "accuracy": float(np.mean(acc)),
-        "accuracy_min": float(np.min(acc)),
-        "accuracy_max": float(np.max(acc)),
-        "initial_accuracy": float(np.nanmean(ens.train_accuracy[0])),
-        "diverged": float(np.mean(ens.diverged)),
-        "chance": chance,
+    rows: dict[str, list] = {
+        k: [] for k in ("accuracy", "accuracy_min", "accuracy_max", "initial_accuracy", "diverged")
     }
+    for ens in ensembles:
+        acc = np.where(ens.diverged, chance, ens.train_accuracy[-1])
+        rows["accuracy"].append(float(np.mean(acc)))
+        rows["accuracy_min"].append(float(np.min(acc)))
+        rows["accuracy_max"].append(float(np.max(acc)))
+        rows["initial_accuracy"].append(float(np.nanmean(ens.train_accuracy[0])))
+        rows["diverged"].append(float(np.mean(ens.diverged)))
+    return {"C_W_values": [float(c) for c in C_W], **rows, "chance": chance}
+
+
+def trainability_cell(C_W: float, depth: int, **kwargs: Any) -> dict:
+    """One grid point (C_W, depth): :func:`trainability_row` with a single C_W, as a flat dict
+    (accuracy, accuracy_min, accuracy_max, initial_accuracy, diverged, chance)."""
+    row = trainability_row(depth, C_W=[float(C_W)], **kwargs)
+    return {k: (v[0] if isinstance(v, list) else v) for k, v in row.items() if k != "C_W_values"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,7 +232,9 @@ class Trainability:
     theory:
         Fine C_W grid with χ_⊥ and ξ_⊥, and ``critical_C_W`` (χ_⊥ = 1).
     cells:
-        The per-cell table (:meth:`SweepResult.to_frame`).
+        One row per (depth, C_W, seed): the settings, accuracy, accuracy_min/max,
+        initial_accuracy, diverged, chance, and the share of its sweep cell's (one depth's)
+        seconds and cpu_seconds.
     """
 
     C_W: np.ndarray
@@ -308,6 +333,7 @@ def trainability(
     scheduler: Any = "serial",
     n_workers: int | None = None,
     progress: bool | None = None,
+    device: str = "cpu",
     **settings: Any,
 ) -> Trainability:
     """The trainability phase diagram: train tanh MLPs over C_W × depth and measure training
@@ -324,7 +350,12 @@ def trainability(
     seeds:
         Replicate seeds (each cell trains ``n_networks`` networks per seed).
     store, scheduler, n_workers, progress:
-        As in :func:`pdlt.experiment.sweep.sweep` (``store=None`` keeps results in memory).
+        As in :func:`pdlt.experiment.sweep.sweep` (``store=None`` keeps results in memory). A
+        sweep cell is one depth (and seed): all C_W values of the row train as one batched
+        program (:func:`trainability_row`).
+    device:
+        "cpu" (default) or "cuda"; where the networks train (the results are the same
+        networks, up to float32 rounding).
     settings:
         Override ``C_b`` (0.05), ``width`` (64), ``steps`` (300), ``learning_rate`` (2.0, for the
         mean loss), ``n_train`` (256), ``n_networks`` (2), ``loss`` ("cross_entropy" or "mse").
@@ -342,6 +373,9 @@ def trainability(
         raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {s['loss']!r}")
     cw = _grid_values("C_W", C_W, float)
     dp = _grid_values("depth", depth, int)
+    from pdlt.experiment.ensemble import resolve_device
+
+    resolve_device(device)  # a bad or absent device fails here, before any cell runs
     constants: dict[str, Any] = {}
     if (X is None) != (y is None):
         raise ValueError("give both X and y, or neither (the digits data set)")
@@ -351,9 +385,11 @@ def trainability(
             raise ValueError("X contains NaN or inf")
         constants = {"X": Xn, "y": _labels(y, Xn.shape[0])}
         s["n_train"] = min(int(s["n_train"]), Xn.shape[0])
-    grid = {"C_W": cw, "depth": dp, **{k: [v] for k, v in s.items()}}
+    grid = _grid(cw, dp, s)
+    if device != "cpu":
+        constants["device"] = str(device)
     res: SweepResult = sweep(
-        trainability_cell,
+        trainability_row,
         grid,
         seeds=seeds,
         constants=constants,
@@ -365,8 +401,35 @@ def trainability(
     return _assemble(res, cw, dp, s)
 
 
+def _grid(cw: list, dp: list, s: dict) -> dict:
+    """The sweep grid: one cell per depth, the whole C_W row inside it; deepest first, so that
+    parallel workers start on the longest cells (a cell's cost grows with its depth)."""
+    return {"depth": sorted(dp, reverse=True), "C_W": [cw], **{k: [v] for k, v in s.items()}}
+
+
+def _cells_frame(res: SweepResult) -> pd.DataFrame:
+    """One row per (depth, C_W, seed) from the per-depth sweep cells; a cell's seconds are
+    shared equally among its C_W values."""
+    rows = []
+    for cell, r in zip(res.cells, res.results, strict=True):
+        if r is None:
+            continue
+        params = {k: v for k, v in cell.params.items() if k != "C_W"}
+        n = len(r["C_W_values"])
+        for i, c in enumerate(r["C_W_values"]):
+            row = {**params, "C_W": c, "seed": cell.seed}
+            for k, v in r.items():
+                if k == "C_W_values":
+                    continue
+                row[k] = v[i] if isinstance(v, list) else v
+            for k in ("seconds", "cpu_seconds"):
+                row[k] = r[k] / n
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _assemble(res: SweepResult, cw: list, dp: list, s: dict) -> Trainability:
-    frame = res.to_frame()
+    frame = _cells_frame(res)
     acc = frame.pivot_table(index="depth", columns="C_W", values="accuracy", aggfunc="mean")
     div = frame.pivot_table(index="depth", columns="C_W", values="diverged", aggfunc="mean")
     fine = np.linspace(min(cw), max(cw), 120)
@@ -395,9 +458,8 @@ def stored_trainability(
         return None
     s = {**DEFAULT_SETTINGS, **settings}
     cw, dp = _grid_values("C_W", C_W, float), _grid_values("depth", depth, int)
-    grid = {"C_W": cw, "depth": dp, **{k: [v] for k, v in s.items()}}
     fs = FileStore(store)
-    cells = grid_cells(grid, seeds, name=fn_name(trainability_cell))
+    cells = grid_cells(_grid(cw, dp, s), seeds, name=fn_name(trainability_row))
     if any(fs.get(c) is None for c in cells):
         return None
     return trainability(cw, dp, seeds=seeds, store=store, progress=False, **settings)

@@ -1,5 +1,6 @@
 """Report section: learning at infinite width against real trained ensembles (book ch. 6, 10),
-bias–variance and evidence across C_W, and the trainability phase diagram when one is stored."""
+bias–variance and evidence across C_W, and the trainability phase diagram (the stored full grid of
+`pdlt phase-diagram` when there is one, else a coarse grid trained here)."""
 
 from __future__ import annotations
 
@@ -239,25 +240,38 @@ def _learning_section(config: ReportConfig) -> Section:
         table(scan, digits=4),
     ]
     body.append("<h3>Trainability phase diagram</h3>")
-    body.extend(_phase_diagram_part(summary))
+    body.extend(_phase_diagram_part(summary, config))
     return Section(
         "learning", "Learning: kernel prediction and trained ensembles", "".join(body), summary
     )
 
 
-def _phase_diagram_part(summary: list) -> list[str]:
-    from pdlt.experiment.trainability import DEFAULT_STORE, stored_trainability
+# The coarse diagram the report trains itself when no full one is stored: 8 C_W × 4 depths,
+# width 32, 128 digits, 200 steps (about 5 s of one core: each depth is one batched program).
+REPORT_C_W = tuple(np.round(np.linspace(0.5, 4.0, 8), 4).tolist())
+REPORT_DEPTHS = (4, 12, 24, 48)
+REPORT_QUICK_DEPTHS = (4, 12, 24)
+REPORT_SETTINGS = {"width": 32, "n_train": 128, "steps": 200}
+
+
+def _phase_diagram_part(summary: list, config: ReportConfig) -> list[str]:
+    from pdlt.experiment.trainability import DEFAULT_STORE, stored_trainability, trainability
 
     res = stored_trainability(DEFAULT_STORE)
     if res is None:
-        return [
-            paragraph(
-                "No stored phase diagram was found (it takes minutes). Run `pdlt phase-diagram` "
-                f"in this folder; its results are kept in {DEFAULT_STORE}/ and the next report "
-                "shows them here.",
-                "note",
-            )
-        ]
+        depths = REPORT_QUICK_DEPTHS if config.quick else REPORT_DEPTHS
+        res = trainability(
+            REPORT_C_W, depths, seeds=(config.seed,), store=None, progress=False,
+            device=config.device, **REPORT_SETTINGS,
+        )  # fmt: skip
+        source = (
+            f"A coarse grid trained for this report ({len(REPORT_C_W)} C_W × {len(depths)} "
+            f"depths, width {res.settings['width']}, {res.settings['n_train']} digits); "
+            f"`pdlt phase-diagram` trains the full grid and keeps it in {DEFAULT_STORE}/, which "
+            "the next report in this folder shows instead."
+        )
+    else:
+        source = f"The full grid stored in {DEFAULT_STORE}/ by `pdlt phase-diagram`."
     agree = res.agreement()
     summary.append(
         summary_row("phase diagram: trained ⇔ depth ≤ 6ξ⊥", f"{agree:.0%} of cells", None)
@@ -272,5 +286,6 @@ def _phase_diagram_part(summary: list) -> list[str]:
             f"are overlaid. Trained (accuracy above midway to 1) agrees with depth ≤ 6ξ⊥ in "
             f"{agree:.0%} of the cells."
         ),
+        paragraph(source, "note"),
         figure(fig, "Training accuracy after a fixed number of steps; white: 6·ξ⊥; red: χ⊥ = 1."),
     ]
