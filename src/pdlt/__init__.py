@@ -31,7 +31,7 @@ from pdlt.theory.criticality import (
     universality_class,
 )
 from pdlt.theory.ddntk import DDNTKStatistics, ddntk
-from pdlt.theory.design import optimal_aspect_ratio
+from pdlt.theory.design import Recommendation, optimal_aspect_ratio, recommend
 from pdlt.theory.dntk import DNTKStatistics, NTKCorrection, dntk, ntk_correction
 from pdlt.theory.kernel import Kernel, kernel
 from pdlt.theory.learning import (
@@ -97,6 +97,8 @@ __all__ = [
     "critical_line",
     "critical_point",
     "optimal_aspect_ratio",
+    "Recommendation",
+    "recommend",
     "criticality",
     "empirical_dntk",
     "empirical_ntk",
