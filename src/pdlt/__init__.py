@@ -33,6 +33,7 @@ from pdlt.theory.criticality import (
 from pdlt.theory.ddntk import DDNTKStatistics, ddntk
 from pdlt.theory.design import Recommendation, optimal_aspect_ratio, recommend
 from pdlt.theory.dntk import DNTKStatistics, NTKCorrection, dntk, ntk_correction
+from pdlt.theory.information import Information, information
 from pdlt.theory.kernel import Kernel, kernel
 from pdlt.theory.learning import (
     BiasVariance,
@@ -99,6 +100,8 @@ __all__ = [
     "optimal_aspect_ratio",
     "Recommendation",
     "recommend",
+    "Information",
+    "information",
     "criticality",
     "empirical_dntk",
     "empirical_ntk",
