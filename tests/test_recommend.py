@@ -72,6 +72,11 @@ def test_warnings():
     assert any("far from r*" in w for w in wide.warnings)
     both = pdlt.recommend("tanh", depth=10, width=50, **BUDGET)
     assert any("not the budget" in w for w in both.warnings)
+    # ELU: K*=0 class with a kink, ν not derived: sizing needs depth or width, and says so
+    with pytest.raises(ValueError, match="give depth= or width="):
+        pdlt.recommend("elu", **BUDGET)
+    elu = pdlt.recommend("elu", depth=10, **BUDGET)
+    assert elu.r_star is None and any("r*, is not available" in w for w in elu.warnings)
     relu_res = pdlt.recommend("relu", skip=0.5, **BUDGET)
     assert any("ν(γ) is not available" in w for w in relu_res.warnings)
 

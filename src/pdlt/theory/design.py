@@ -296,12 +296,16 @@ def recommend(
         reasons.append(
             f"r*: optimal aspect ratio (4/(20 + 3·{nL}))/ν = {r_star:.6g} (eqs. A.73, B.36)"
         )
-    elif L_req is None or n_req is None:
-        if L_req is None and n_req is None:
-            raise ValueError(
-                f"ν, hence r*, is not available for {cp.activation} ({cp.note}); give depth= "
-                "or width= to size the network from the budget"
-            )
+    elif L_req is None and n_req is None:
+        raise ValueError(
+            f"ν, hence r*, is not available for {cp.activation} ({cp.note}); give depth= "
+            "or width= to size the network from the budget"
+        )
+    else:
+        warns.append(
+            f"ν, hence r*, is not available for {cp.activation}: the size follows the depth/width "
+            "given and the budget only, without an aspect-ratio rule"
+        )
     L, n, sizing = _size(budget, n0, nL, r_star, L_req, n_req, warns)
     reasons.extend(sizing)
     count = parameter_count(L, n, n0, nL)

@@ -100,7 +100,8 @@ def information(
     Examples
     --------
     >>> net = pdlt.MLP("tanh", depth=6, width=64, input_dim=2)
-    >>> pdlt.information(net, [[1.0, 0.5]]).mutual_information[-1]
+    >>> float(pdlt.information(net, [[1.0, 0.5]]).mutual_information[-1])   # layer 5, m1 = m2 = 1
+    0.000221...
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a pdlt.MLP, got {type(net).__name__}")
