@@ -31,8 +31,9 @@ from pdlt.theory.criticality import (
     universality_class,
 )
 from pdlt.theory.ddntk import DDNTKStatistics, ddntk
-from pdlt.theory.design import optimal_aspect_ratio
+from pdlt.theory.design import Recommendation, optimal_aspect_ratio, recommend
 from pdlt.theory.dntk import DNTKStatistics, NTKCorrection, dntk, ntk_correction
+from pdlt.theory.information import Information, information
 from pdlt.theory.kernel import Kernel, kernel
 from pdlt.theory.learning import (
     BiasVariance,
@@ -98,6 +99,10 @@ __all__ = [
     "critical_line",
     "critical_point",
     "optimal_aspect_ratio",
+    "Recommendation",
+    "recommend",
+    "Information",
+    "information",
     "criticality",
     "empirical_dntk",
     "empirical_ntk",

@@ -466,5 +466,34 @@ def dntk_command(
     _print_frame(second, f"ddNTK means (§∞.1); {title}", digits=6)
 
 
+@app.command("recommend")
+def recommend(
+    activation: Annotated[str, typer.Argument(help="Built-in activation name.")],
+    params: Annotated[int, typer.Option(help="Parameter budget (weights and biases).")],
+    input_dim: Annotated[int, typer.Option(help="Input dimension n_0.")],
+    output_dim: Annotated[int, typer.Option(help="Output dimension n_L.")] = 1,
+    depth: Annotated[int | None, typer.Option(help="Fix the depth L.")] = None,
+    width: Annotated[int | None, typer.Option(help="Fix the hidden width n.")] = None,
+    skip: Annotated[float | None, typer.Option(help="Residual γ (default: plain MLP).")] = None,
+) -> None:
+    """A network for ACTIVATION and a parameter budget: depth, width, initialization and
+    learning rates, each with the rule behind it (criticality, eqs. 9.94–9.95, r* of A.73/B.36)."""
+    from pdlt.theory.design import recommend as _recommend
+
+    with _library_errors():
+        rec = _recommend(
+            activation,
+            n_params=params,
+            input_dim=input_dim,
+            output_dim=output_dim,
+            depth=depth,
+            width=width,
+            skip=skip,
+        )
+    _print_frame(rec.to_frame(), f"pdlt recommend {rec.activation}", digits=6)
+    for w in rec.warnings:
+        typer.echo(f"Warning: {w}")
+
+
 def main() -> None:
     app()

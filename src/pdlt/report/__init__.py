@@ -27,6 +27,7 @@ SECTIONS: tuple[str, ...] = (
     "pdlt.report.sections.bayes:bayes_section",
     "pdlt.report.sections.representation:representation_section",
     "pdlt.report.sections.accuracy_map:accuracy_map_section",
+    "pdlt.report.sections.architecture:architecture_section",
 )
 
 

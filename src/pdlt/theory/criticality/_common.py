@@ -208,3 +208,18 @@ class Printable:
         width = max(len(n) for n in names)
         lines = [f"{n.rjust(width)}: {fmt(getattr(self, n))}" for n in names]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def residual_factor(skip: object) -> tuple[float, float]:
+    """(γ², 1 − γ²) for a residual γ = ``skip`` (book App. B), |γ| < 1.
+
+    The residual single-input map F(K) = C_b + C_W g(K) + γ²K equals γ²K + (1 − γ²) F̃(K), with
+    F̃ the plain map at (C_b, C_W)/(1 − γ²): the same fixed points and flow direction, and every
+    susceptibility χ = (1 − γ²) χ̃ + γ² (the same for the two-input correlation map)."""
+    g = _validation.real("skip", skip)
+    if g * g >= 1.0:
+        raise ValueError(
+            f"skip must satisfy |γ| < 1 (the map γ²K + … has no finite fixed point otherwise), "
+            f"got {g:g}"
+        )
+    return g * g, 1.0 - g * g

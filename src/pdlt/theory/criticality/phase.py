@@ -23,6 +23,7 @@ from pdlt.theory.criticality._common import (
     mean_dsigma2,
     positive,
     renamed_first_kernel,
+    residual_factor,
 )
 from pdlt.theory.criticality.classes import CriticalPoint, critical_point
 from pdlt.theory.criticality.fixed_points import correlation_fixed_point, vector_fixed_point
@@ -80,23 +81,27 @@ def phase_diagram(
     *,
     K_first: float | None = None,
     K1: float | None = None,
+    skip: float = 0.0,
 ) -> PhaseDiagram:
     """K*, χ_∥, χ_⊥, c*, χ_c, ξ_∥, ξ_⊥ and the phase over a (C_b, C_W) grid (book §5.1).
 
-    Vectorised over the grid (one Gaussian quadrature call per bisection step for all points).
-    Default grid: C_b ∈ [0, 1] (21 values) × C_W ∈ [0.25, 4] (31 values).
-    ``K_first`` as in :func:`criticality` (default C_b + C_W per point). Agrees with
-    :func:`criticality` point by point to ~1e-10 (tested).
+        Vectorised over the grid (one Gaussian quadrature call per bisection step for all points).
+        Default grid: C_b ∈ [0, 1] (21 values) × C_W ∈ [0.25, 4] (31 values).
+        ``K_first`` as in :func:`criticality` (default C_b + C_W per point). Agrees with
+        :func:`criticality` point by point to ~1e-10 (tested). ``skip`` = γ: a residual MLP
+    (book App. B), as in :func:`criticality` — the plain grid at (C_b, C_W)/(1 − γ²) with every χ
+    mapped to (1 − γ²)χ + γ².
 
-    Examples
-    --------
-    >>> pd_ = pdlt.phase_diagram("tanh", C_b=np.linspace(0, 0.5, 11), C_W=np.linspace(0.5, 3, 26))
-    >>> pd_.chi_perp.shape
-    (11, 26)
+        Examples
+        --------
+        >>> pd_ = pdlt.phase_diagram("tanh", C_b=np.linspace(0, 0.5, 11), C_W=np.linspace(0.5, 3, 26))
+        >>> pd_.chi_perp.shape
+        (11, 26)
     """
     act = act_of(activation)
     cb = grid("C_b", np.linspace(0.0, 1.0, 21) if C_b is None else C_b, allow_zero=True)
     cw = grid("C_W", np.linspace(0.25, 4.0, 31) if C_W is None else C_W, allow_zero=False)
+    g2, f = residual_factor(skip)
     B, W = np.meshgrid(cb, cw, indexing="ij")
     b, w = as_t(B.reshape(-1)), as_t(W.reshape(-1))
     K_first = renamed_first_kernel(K_first, K1)
@@ -105,6 +110,8 @@ def phase_diagram(
         if K_first is None
         else torch.full_like(b, positive("K_first", K_first, allow_zero=True))
     )
+    # the residual map is the plain one at (C_b, C_W)/(1 − γ²) (same fixed points and flow)
+    b, w = b / f, w / f
     hom = act.homogeneous
     if hom is None:
         Kstar = vector_fixed_point(act, b, w, k1)
@@ -128,6 +135,7 @@ def phase_diagram(
     if chaotic.any():
         c, s = correlation_fixed_point(act, Kstar[chaotic], b[chaotic], w[chaotic])
         c_star[chaotic], chi_c[chaotic] = c, s
+    chi_par, chi_p, chi_c = (f * chi + g2 for chi in (chi_par, chi_p, chi_c))
 
     def xi(chi: Tensor) -> Tensor:
         out = 1.0 / torch.abs(torch.log(torch.clamp(chi, min=1e-300)))
@@ -155,6 +163,6 @@ def phase_diagram(
         xi_parallel=arr(xi(chi_par)),
         xi_perp=arr(xi(chi_c)),
         phase=phase.reshape(shape),
-        boundary=critical_line(act, cb),
-        critical=critical_point(act),
+        boundary=critical_line(act, cb, skip=skip),
+        critical=critical_point(act, skip=skip),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from pdlt.theory.criticality._common import (
     phase_of,
     positive,
     renamed_first_kernel,
+    residual_factor,
     xi,
 )
 from pdlt.theory.criticality.fixed_points import (
@@ -90,6 +91,7 @@ class Criticality(Printable):
     xi_perp: float
     phase: str
     note: str = ""
+    skip: float = 0.0
 
     @property
     def K1(self) -> float:
@@ -112,6 +114,7 @@ def criticality(
     *,
     K_first: float | None = None,
     K1: float | None = None,
+    skip: float = 0.0,
 ) -> Criticality:
     """Fixed point, susceptibilities, depth scales and phase at one (C_b, C_W) (book §5.1).
 
@@ -124,6 +127,12 @@ def criticality(
     K_first:
         First-layer kernel of the input whose flow decides which fixed point is meant (default
         C_b + C_W, an input with |x|² = n_0).
+    skip:
+        γ of a residual MLP (book App. B, eq. B.3): the map gains γ²K,
+        F(K) = C_b + C_W g(K) + γ²K, and χ_∥, χ_⊥ (and χ_c) gain γ². Computed as the plain
+        setting (C_b, C_W)/(1 − γ²) — the same fixed points and flow — with
+        χ = (1 − γ²) χ̃ + γ² (``residual_factor``). Layer 1 reads the input (no skip), so
+        K_first stays C_b + C_W.
 
     Examples
     --------
@@ -134,8 +143,12 @@ def criticality(
     act = act_of(activation)
     C_b = positive("C_b", C_b, allow_zero=True)
     C_W = positive("C_W", C_W, allow_zero=False)
+    g2, f = residual_factor(skip)
     K_first = renamed_first_kernel(K_first, K1)
     K_first = C_b + C_W if K_first is None else positive("K_first", K_first, allow_zero=True)
+    if g2 > 0.0:
+        plain = criticality(act, C_b / f, C_W / f, K_first=K_first)
+        return _residual(plain, C_b, C_W, math.sqrt(g2) * np.sign(float(skip)), g2, f)
     points = fixed_points(act, C_b, C_W)
     notes = []
     h1 = map_gap(act, C_b, C_W)(K_first)
@@ -198,6 +211,34 @@ def criticality(
     )
 
 
+def _residual(plain: Criticality, C_b: float, C_W: float, gamma: float, g2: float, f: float):
+    """The residual setting from the plain one at (C_b, C_W)/(1 − γ²): χ → (1 − γ²)χ + γ²."""
+
+    def chi(c: float) -> float:
+        return f * c + g2
+
+    points = tuple(FixedPoint(p.K, chi(p.chi_parallel), p.stability) for p in plain.fixed_points)
+    cpar, cperp, cc = chi(plain.chi_parallel), chi(plain.chi_perp), chi(plain.chi_c)
+    note = (
+        f"residual γ = {gamma:g}: F(K) = C_b + C_W g(K) + γ²K, the plain map at "
+        f"(C_b, C_W)/(1 − γ²) = ({C_b / f:.6g}, {C_W / f:.6g}) with χ = (1 − γ²)χ̃ + γ²"
+    )
+    return replace(
+        plain,
+        C_b=C_b,
+        C_W=C_W,
+        fixed_points=points,
+        chi_parallel=cpar,
+        chi_perp=cperp,
+        chi_c=cc,
+        xi_parallel=xi(cpar),
+        xi_perp=xi(cc),
+        phase=phase_of(cperp),
+        note="; ".join(n for n in (note, plain.note) if n),
+        skip=gamma,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # the order–chaos boundary χ_⊥(K*) = 1
 
@@ -242,8 +283,14 @@ def _phi_grid(act: Activation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @clear_overflow
-def critical_line(activation: ActivationLike, C_b: float | np.ndarray = 0.0) -> CriticalLine:
+def critical_line(
+    activation: ActivationLike, C_b: float | np.ndarray = 0.0, *, skip: float = 0.0
+) -> CriticalLine:
     """C_W on the order–chaos boundary χ_⊥(K*) = 1 for each C_b (Poole et al. 2016; book §5.1).
+
+    With ``skip`` = γ (a residual MLP, book App. B) χ_⊥ = (1 − γ²)χ̃_⊥ + γ² = 1 exactly where the
+    plain χ̃_⊥ = 1 at (C_b, C_W)/(1 − γ²): the line is the plain one at C_b/(1 − γ²), scaled by
+    1 − γ² (the same K*).
 
     On the boundary K* = C_b + g(K*)/⟨σ'²⟩_{K*} and C_W = 1/⟨σ'²⟩_{K*}: a 1-D root in K per C_b,
     bracketed on a grid and refined by Brent's method. Where several roots exist, the one with a
@@ -255,7 +302,9 @@ def critical_line(activation: ActivationLike, C_b: float | np.ndarray = 0.0) -> 
     2.505127
     """
     act = act_of(activation)
-    cb = grid("C_b", C_b, allow_zero=True)
+    cb_user = grid("C_b", C_b, allow_zero=True)
+    _, f = residual_factor(skip)
+    cb = cb_user / f
     scalar = np.ndim(C_b) == 0
     hom = act.homogeneous
     note = ""
@@ -275,11 +324,14 @@ def critical_line(activation: ActivationLike, C_b: float | np.ndarray = 0.0) -> 
         C_W, K_star, exists = _critical_line_general(act, cb)
         if not exists.all():
             note = "no boundary with a stable fixed point at the C_b marked exists=False"
+    C_W = C_W * f
+    if f != 1.0:
+        note = (note + "; " if note else "") + f"residual: plain line at C_b/(1 − γ²), C_W·{f:g}"
     if scalar:
         return CriticalLine(
-            act.name, float(cb[0]), float(C_W[0]), float(K_star[0]), bool(exists[0]), note
+            act.name, float(cb_user[0]), float(C_W[0]), float(K_star[0]), bool(exists[0]), note
         )
-    return CriticalLine(act.name, cb, C_W, K_star, exists, note)
+    return CriticalLine(act.name, cb_user, C_W, K_star, exists, note)
 
 
 def _critical_line_general(
