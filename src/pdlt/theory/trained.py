@@ -58,12 +58,14 @@ def trained_mean_correction(
     net: MLP,
     X_train: np.ndarray,
     y: np.ndarray,
-    X_test: np.ndarray,
+    X_test: np.ndarray | None,
     learning_rate: float,
     steps: int,
 ) -> np.ndarray:
     """n_{L−1}·(E[z(t)] − m⁰(t)) on the training inputs followed by the test inputs,
-    ((N_A + N_B), n_L): the O(1/n) coefficient of the trained ensemble's mean (module doc)."""
+    ((N_A + N_B), n_L): the O(1/n) coefficient of the trained ensemble's mean (module doc).
+    Test inputs must differ from the training inputs (the statistics need an invertible
+    kernel); ``X_test=None`` gives the training inputs alone."""
     from pdlt import _validation
     from pdlt.theory.ddntk import ddntk
     from pdlt.theory.dntk import ntk_correction
@@ -72,7 +74,7 @@ def trained_mean_correction(
     steps = _validation.integer("steps", steps, min=0)
     eta = float(learning_rate)
     XA = validate_inputs(net, X_train).numpy()
-    XB = validate_inputs(net, X_test).numpy()
+    XB = XA[:0] if X_test is None or len(X_test) == 0 else validate_inputs(net, X_test).numpy()
     x = np.concatenate([XA, XB])
     NA, ND, n_L = XA.shape[0], x.shape[0], net.output_dim
     Y = np.asarray(y, dtype=np.float64).reshape(NA, -1)
