@@ -32,6 +32,14 @@ inputs, one test input, η = 0.02, 4000 antithetic networks, float64;
 0.06) at n = 64 against the prediction (−0.30, 0.22, −0.15); at t = 200 (ηλ_min t = 3.7) it is
 −0.528, −0.621, −0.670 (± 0.017, 0.023, 0.027) at n = 16, 32, 64 on the first training
 input against −0.683: the residual after the 1/n term, 0.155, 0.062, 0.013, falls like 1/n².
+GELU (C_W = 1.9, C_b = 0.1, t = 20) agrees as well: (−1.22, 1.00, −0.35) ± (0.08, 0.08, 0.05)
+at n = 32 against (−1.24, 1.09, −0.40). ReLU does not: (−1.61, 1.31, −0.43) at n = 16 and
+(−2.01, 1.64, −0.42) at n = 32 against (−0.94, 0.79, −0.27) — the dNTK of a piecewise-linear
+σ (σ'' = 0) misses the kink crossings, as in the first-step NTK change. Fully trained
+(ηλ_min t = 28) the training inputs are fitted exactly (correction 0) and the test-input
+correction is small and depends on the learning rate — algorithm dependence at finite width:
+n·c = 0.007 at η = 0.05 (600 steps) and 0.024 at η = 0.15 (200 steps); the measurement at
+n = 32 (−0.13 ± 0.13, −0.12 ± 0.13) agrees but cannot resolve the difference.
 """
 
 from __future__ import annotations
