@@ -541,6 +541,12 @@ class NTKRegressor(_InfiniteWidthRegressor):
     time:
         Gradient-flow time (in units of 1/η); ``inf`` (default) is the fully trained network,
         the same for every convergent algorithm (§10.2.4).
+    finite_width:
+        Predict the ensemble mean at the net's widths through O(1/n) (book §∞.2.2): the
+        kernel prediction plus the correction of :mod:`pdlt.theory.trained` (the NTK's 1/n
+        mean Θ1, its variance A, B, the dNTK P, Q and the ddNTK R, S, T, U). Needs ``net``
+        and ``steps``; at most 7 training inputs; the mean only (``return_std`` /
+        ``return_cov`` raise NotImplementedError: the O(1/n) covariance is not derived).
 
     Attributes
     ----------
@@ -553,6 +559,7 @@ class NTKRegressor(_InfiniteWidthRegressor):
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "steps": [Interval(numbers.Integral, 0, None, closed="left"), None],
         "time": [Interval(numbers.Real, 0, None, closed="both")],
+        "finite_width": ["boolean"],
     }
 
     def __init__(
@@ -562,11 +569,13 @@ class NTKRegressor(_InfiniteWidthRegressor):
         learning_rate: float | None = None,
         steps: int | None = None,
         time: float = math.inf,
+        finite_width: bool = False,
     ) -> None:
         self.net = net
         self.learning_rate = learning_rate
         self.steps = steps
         self.time = time
+        self.finite_width = finite_width
 
     def fit(self, X, y) -> NTKRegressor:
         """Compute Θ̃, K̃ and the training projector M(t) (book §10.2)."""
@@ -575,6 +584,8 @@ class NTKRegressor(_InfiniteWidthRegressor):
             raise ValueError(
                 "give either steps (discrete gradient descent) or time (flow), not both"
             )
+        if self.finite_width:
+            self._check_finite_width(X, Y)
         K, Theta = output_kernels(self.net_, X)
         self.M_, self.learning_rate_ = _training_projector(
             Theta, self.learning_rate, self.steps, self.time
@@ -582,12 +593,68 @@ class NTKRegressor(_InfiniteWidthRegressor):
         self.X_train_, self.y_train_, self.K_train_ = X, Y, K
         return self
 
+    def _check_finite_width(self, X: np.ndarray, Y: np.ndarray) -> None:
+        from pdlt.theory.ntk import MAX_FLUCTUATION_INPUTS
+
+        if self.net is None:
+            raise ValueError("finite_width=True needs a network with its widths: pass net=...")
+        if self.steps is None:
+            raise ValueError(
+                "finite_width=True needs steps (discrete gradient descent): the O(1/n) mean is "
+                "derived step by step (book §∞.2.2); gradient flow and t = ∞ are not available"
+            )
+        if self.net_.depth < 2:
+            raise ValueError("finite_width=True needs a hidden layer (depth ≥ 2)")
+        if Y.shape[1] != self.net_.output_dim:
+            raise ValueError(
+                f"y has {Y.shape[1]} output column(s) but the network has output_dim = "
+                f"{self.net_.output_dim}; at finite width the outputs are wired together"
+            )
+        if X.shape[0] >= MAX_FLUCTUATION_INPUTS:
+            raise ValueError(
+                f"finite_width=True supports at most {MAX_FLUCTUATION_INPUTS - 1} training "
+                f"inputs (its four-input statistics cost O(N⁴)), got {X.shape[0]}"
+            )
+
+    def _finite_width_mean(self, X: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """Kernel prediction + (1/n_{L−1})·c, c from :func:`pdlt.theory.trained.
+        trained_mean_correction`, test inputs in blocks that fit the four-input statistics."""
+        from pdlt.theory.ntk import MAX_FLUCTUATION_INPUTS
+        from pdlt.theory.trained import trained_mean_correction
+
+        XA, N_A = self.X_train_, self.X_train_.shape[0]
+        # a test input equal to a training input takes that input's correction: the
+        # statistics need distinct inputs
+        same = np.all(X[:, None, :] == XA[None, :, :], axis=2)  # (N_B, N_A)
+        new = np.flatnonzero(~same.any(axis=1))
+        block = MAX_FLUCTUATION_INPUTS - N_A
+        c = np.empty((X.shape[0], mean.shape[1]))
+        for k in range(0, max(new.size, 1), block):
+            rows = new[k : k + block]
+            part = trained_mean_correction(
+                self.net_, XA, self.y_train_, X[rows], self.learning_rate_, self.steps
+            )
+            c[rows] = part[N_A:]
+            c_train = part[:N_A]
+        hit = same.any(axis=1)
+        c[hit] = c_train[np.argmax(same[hit], axis=1)]
+        return mean + c / self.net_.widths[-2]
+
     def predict(self, X, return_std: bool = False, return_cov: bool = False):
         """Ensemble mean (and std or covariance over initializations) of the trained network at
         X; before ``fit``, the untrained network (mean 0, covariance K)."""
         X = self._validate_predict(X, return_std, return_cov)
         if not hasattr(self, "X_train_"):
             return self._prior(X, return_std, return_cov)
+        if self.finite_width:
+            if return_std or return_cov:
+                raise NotImplementedError(
+                    "finite_width=True gives the O(1/n) ensemble mean only; the O(1/n) "
+                    "covariance of the trained ensemble is not derived yet (issue 12)"
+                )
+            cross, _ = output_cross(self.net_, self.X_train_, X, ntk=True)
+            mean = self._finite_width_mean(X, cross["Theta"].T @ self.M_ @ self.y_train_)
+            return self._output(mean, None, False, False)
         N_A = self.X_train_.shape[0]
         K_AA = self.K_train_
         if return_cov:
