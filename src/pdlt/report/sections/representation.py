@@ -39,6 +39,9 @@ def representation_section(config: ReportConfig) -> Section:
         th = dntk(net, x)
         ms = measure(net, x, M, seed=config.seed + 300 + j, statistics=("dntk",))
         tab = compare(th, ms)
+        # one scale for P and Q of a layer: ReLU's P vanishes at O(1/n) (σ'' = 0) while its
+        # measured 1/n² remainder is of the size (ℓ/n)·|Q|
+        tab["scale"] = tab.groupby("layer").theory.transform(lambda t: t.abs().max())
         ok = agreement(tab, net)
         summary.append(
             summary_row(
