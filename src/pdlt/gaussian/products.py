@@ -34,7 +34,7 @@ exponentially convergent as well. With ``smooth`` (the relu family, whose Gaussi
 E σ(m + s u) has a closed form) the last coordinate is integrated exactly and q = 24 nodes per
 piece are used: measured ≲1e-8 relative for ⟨relu⁴⟩ on generic correlated kernels (stated
 bound ``KINKED_ERROR`` = 1e-6). Without it (elu, selu, user kinks) the default (2·12)^4 rule
-gives 5e-7 on block-diagonal kernels but was measured up to ~1e-3 relative on generic correlated
+gives 5e-7 on block-diagonal kernels but was measured 6e-4–1e-2 relative on generic correlated
 4×4 kernels (q = 16: ~1e-4, q = 24: ~1e-8): pass ``split_nodes`` for more.
 """
 
