@@ -22,7 +22,14 @@ import torch
 from pdlt.activations import Activation
 from pdlt.gaussian.pairs import expect_pairs, pair_expectation
 from pdlt.gaussian.products import expect_product, multisets
-from pdlt.gaussian.rules import DTYPE, Tensor, expect, nodes_per_piece, split_rule
+from pdlt.gaussian.rules import (
+    DTYPE,
+    Tensor,
+    expect,
+    homogeneous_smoothing,
+    nodes_per_piece,
+    split_rule,
+)
 
 _FD_STEP = 1e-4
 
@@ -194,7 +201,9 @@ class LayerMoments:
         if act.homogeneous == (1.0, 1.0):
             return K[a, b] * K[c, d] + K[a, c] * K[b, d] + K[a, d] * K[b, c]
         sets = multisets(N, 4)
-        E4 = expect_product(act.fn, K, sets, kinks=act.kinks, tol=self.tol)
+        # the relu family: the last coordinate of each 3-/4-input integral in closed form
+        smooth = homogeneous_smoothing(*act.homogeneous) if act.homogeneous and act.kinks else None
+        E4 = expect_product(act.fn, K, sets, kinks=act.kinks, tol=self.tol, smooth=smooth)
         code = torch.tensor([N**3, N**2, N, 1])
         key = sets @ code  # sorted multisets → sorted codes
         quad = torch.sort(torch.stack(torch.broadcast_tensors(a, b, c, d), dim=-1), dim=-1).values

@@ -420,15 +420,23 @@ def expect_split(
     *,
     max_points: int,
     window: float = WINDOW,
+    smooth_last: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """⟨Π_k f_k(z_k)⟩ for z ~ N(0, K), K a batch (T, d, d), by the kink-split rule, chunked so
     that at most about ``max_points`` nodes are held at once. Cost (pieces·q)^d per kernel;
-    exponentially convergent for piecewise-smooth factors."""
+    exponentially convergent for piecewise-smooth factors.
+
+    ``smooth_last``, the Gaussian smoothing (m, s) ↦ E_u f_d(m + s u) of the last factor in
+    closed form, integrates the last Cholesky coordinate exactly: given the outer coordinates,
+    z_d = m + L_dd u_d with m = Σ_{j<d} L_dj u_j, so the rule needs only d − 1 levels (cost
+    (pieces·q)^{d−1}); ``factors[-1]`` is then unused."""
     T, d, _ = K.shape
     L = cholesky(K)
     kk = torch.as_tensor(sorted(kinks), dtype=DTYPE)
-    pieces = len(kinks) + 1 + (2 * len(kinks) if d == 2 else 0)
     out = torch.empty(T, dtype=DTYPE)
+    if smooth_last is not None and d > 1:
+        return _expect_smooth_last(factors, L, kk, q, max_points, window, smooth_last)
+    pieces = len(kinks) + 1 + (2 * len(kinks) if d == 2 else 0)
     per_item = (pieces * q) ** d  # an upper bound: pruning removes many nodes
     cap_points = max_memory() // BYTES_PER_NODE
     max_points = min(max_points, cap_points)
@@ -443,3 +451,47 @@ def expect_split(
         # pruning makes the real size smaller than (pieces·q)^d: grow the chunk to fit the cap
         step = max(1, int(Lc.shape[0] * max_points / max(peak, 1)))
     return out
+
+
+def _expect_smooth_last(
+    factors: Sequence[Fn],
+    L: Tensor,
+    kinks: Tensor,
+    q: int,
+    max_points: int,
+    window: float,
+    smooth_last: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """:func:`expect_split` with the last coordinate integrated by ``smooth_last``: the
+    kink-split rule over the leading (d−1)×(d−1) block of L, times E f_d(m + L_dd u_d)."""
+    T, d, _ = L.shape
+    out = torch.empty(T, dtype=DTYPE)
+    pieces = kinks.numel() + 1 + (2 * kinks.numel() if d == 3 else 0)
+    step = max(1, min(max_points, max_memory() // BYTES_PER_NODE) // (pieces * q) ** (d - 1))
+    s0 = 0
+    while s0 < T:
+        Lc = L[s0 : s0 + step]
+        u, wt, val, peak = _build(Lc[:, : d - 1, : d - 1], kinks, q, factors[: d - 1], window)
+        node_budget(-(-peak // Lc.shape[0]), f"a {d}-input Gaussian integral")
+        m = torch.einsum("tmj,tj->tm", u, Lc[:, d - 1, : d - 1])
+        inner = smooth_last(m, Lc[:, d - 1, d - 1, None].expand_as(m))
+        out[s0 : s0 + Lc.shape[0]] = (val * wt * inner).sum(dim=1)
+        s0 += Lc.shape[0]
+        step = max(1, int(Lc.shape[0] * max_points / max(peak, 1)))
+    return out
+
+
+def homogeneous_smoothing(a_plus: float, a_minus: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """The Gaussian smoothing (m, s) ↦ E_u σ(m + s u), u ~ N(0, 1), of the homogeneous
+    activation σ(z) = a₊ z (z ≥ 0), a₋ z (z < 0) in closed form:
+    a₋ m + (a₊ − a₋)(m Φ(m/s) + s φ(m/s)), and σ(m) at s = 0."""
+
+    def smooth(m: Tensor, s: Tensor) -> Tensor:
+        pos = s > 0
+        r = m / torch.where(pos, s, 1.0)
+        cdf = 0.5 * torch.special.erfc(-r / math.sqrt(2.0))
+        pdf = torch.exp(-0.5 * r * r) * _INV_SQRT_2PI
+        ramp = torch.where(pos, m * cdf + s * pdf, torch.clamp(m, min=0.0))
+        return a_minus * m + (a_plus - a_minus) * ramp
+
+    return smooth
