@@ -85,18 +85,18 @@ def phase_diagram(
 ) -> PhaseDiagram:
     """K*, χ_∥, χ_⊥, c*, χ_c, ξ_∥, ξ_⊥ and the phase over a (C_b, C_W) grid (book §5.1).
 
-        Vectorised over the grid (one Gaussian quadrature call per bisection step for all points).
-        Default grid: C_b ∈ [0, 1] (21 values) × C_W ∈ [0.25, 4] (31 values).
-        ``K_first`` as in :func:`criticality` (default C_b + C_W per point). Agrees with
-        :func:`criticality` point by point to ~1e-10 (tested). ``skip`` = γ: a residual MLP
+    Vectorised over the grid (one Gaussian quadrature call per bisection step for all points).
+    Default grid: C_b ∈ [0, 1] (21 values) × C_W ∈ [0.25, 4] (31 values).
+    ``K_first`` as in :func:`criticality` (default C_b + C_W per point). Agrees with
+    :func:`criticality` point by point to ~1e-10 (tested). ``skip`` = γ: a residual MLP
     (book App. B), as in :func:`criticality` — the plain grid at (C_b, C_W)/(1 − γ²) with every χ
     mapped to (1 − γ²)χ + γ².
 
-        Examples
-        --------
-        >>> pd_ = pdlt.phase_diagram("tanh", C_b=np.linspace(0, 0.5, 11), C_W=np.linspace(0.5, 3, 26))
-        >>> pd_.chi_perp.shape
-        (11, 26)
+    Examples
+    --------
+    >>> pd_ = pdlt.phase_diagram("tanh", C_b=np.linspace(0, 0.5, 11), C_W=np.linspace(0.5, 3, 26))
+    >>> pd_.chi_perp.shape
+    (11, 26)
     """
     act = act_of(activation)
     cb = grid("C_b", np.linspace(0.0, 1.0, 21) if C_b is None else C_b, allow_zero=True)
