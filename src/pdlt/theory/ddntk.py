@@ -86,8 +86,9 @@ import torch
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
 from pdlt.network import MLP
-from pdlt.theory.dntk import DNTK, _checked_inputs
+from pdlt.theory.dntk import DNTK
 from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
+from pdlt.theory.ntk import fluctuation_inputs
 
 Tensor = torch.Tensor
 
@@ -246,7 +247,7 @@ def ddntk(net: MLP, x: np.ndarray | Tensor) -> DDNTKStatistics:
     >>> d = pdlt.ddntk(pdlt.MLP("tanh", 5, 100, 4, C_W=1.0), np.ones((1, 4)))
     >>> d.R[2:, 0, 0, 0, 0]        # −13.2947, −32.4176, −69.18
     """
-    xt = _checked_inputs(net, x, "ddntk")
+    xt = fluctuation_inputs(net, x, "ddntk")
     walk = propagate(net, gram(xt), [DDNTK])
     return DDNTKStatistics(
         **{s: walk.numpy(s) for s in ("R", "S", "T", "U", "Theta", "K", "P", "Q", "B", "F")},

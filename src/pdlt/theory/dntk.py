@@ -46,9 +46,9 @@ import torch
 
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
-from pdlt.network import MLP, require_plain, validate_inputs
+from pdlt.network import MLP
 from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
-from pdlt.theory.ntk import FLUCTUATIONS, MAX_FLUCTUATION_INPUTS
+from pdlt.theory.ntk import FLUCTUATIONS, fluctuation_inputs
 from pdlt.theory.vertex import CORRECTION, pairs_to_tensor
 
 Tensor = torch.Tensor
@@ -230,17 +230,6 @@ class NTKCorrection:
         return f"NTKCorrection(depth={L}, inputs={N}, Theta1^(L)_diag={np.round(np.diag(self.Theta1[-1]), 6)})"
 
 
-def _checked_inputs(net: MLP, x: np.ndarray | Tensor, what: str) -> Tensor:
-    require_plain(net, what)
-    xt = validate_inputs(net, x)
-    if xt.shape[0] > MAX_FLUCTUATION_INPUTS:
-        raise ValueError(
-            f"{what} supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {xt.shape[0]} (its "
-            "four-input Gaussian integrals cost O(N⁴)); call it on subsets of the inputs"
-        )
-    return xt
-
-
 def dntk(net: MLP, x: np.ndarray | Tensor) -> DNTKStatistics:
     """The dNTK statistics P and Q of every layer (book §11.2–11.3, eq. 11.49, 11.52).
 
@@ -263,7 +252,7 @@ def dntk(net: MLP, x: np.ndarray | Tensor) -> DNTKStatistics:
     >>> d = pdlt.dntk(pdlt.MLP("tanh", 5, 100, 4, C_W=1.0), np.ones((1, 4)))
     >>> d.P[1:, 0, 0, 0, 0]        # −0.3827, −0.9252, −1.6758, −2.6952
     """
-    xt = _checked_inputs(net, x, "dntk")
+    xt = fluctuation_inputs(net, x, "dntk")
     walk = propagate(net, gram(xt), [DNTK])
     return DNTKStatistics(
         P=walk.numpy("P"),
@@ -286,7 +275,7 @@ def ntk_correction(net: MLP, x: np.ndarray | Tensor) -> NTKCorrection:
     >>> c = pdlt.ntk_correction(pdlt.MLP("tanh", 5, 100, 4, C_W=1.0), np.ones((1, 4)))
     >>> c.Theta1[:, 0, 0]        # 0, 0, 0.003773, 0.026621, 0.072117
     """
-    xt = _checked_inputs(net, x, "ntk_correction")
+    xt = fluctuation_inputs(net, x, "ntk_correction")
     walk = propagate(net, gram(xt), [NTK_CORRECTION])
     return NTKCorrection(
         Theta1=walk.numpy("Theta1"),

@@ -169,6 +169,19 @@ def ntk(
 MAX_FLUCTUATION_INPUTS = 8  # four-input cubature costs O(N⁴ q⁴); 8 inputs take ~minutes
 
 
+def fluctuation_inputs(net: MLP, x: np.ndarray | Tensor, what: str) -> Tensor:
+    """The inputs of an O(1/n) statistic with four-input Gaussian integrals (NTK fluctuations,
+    dNTK, ddNTKs, Θ1), validated: a plain MLP and at most ``MAX_FLUCTUATION_INPUTS`` inputs."""
+    require_plain(net, what)
+    xt = validate_inputs(net, x)
+    if xt.shape[0] > MAX_FLUCTUATION_INPUTS:
+        raise ValueError(
+            f"{what} supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {xt.shape[0]} (its "
+            "four-input Gaussian integrals cost O(N⁴)); call it on subsets of the inputs"
+        )
+    return xt
+
+
 @dataclass(frozen=True, eq=False)
 class NTKFluctuations:
     """The O(1/n) statistics of the NTK at initialization (book §8.3–8.4), every layer.
@@ -362,14 +375,8 @@ def ntk_fluctuations(
     >>> fl = pdlt.ntk_fluctuations(net, np.ones((1, 4)))
     >>> fl.A[:, 0, 0, 0, 0]        # 0, 13, 61, 166, 350
     """
-    require_plain(net, "ntk_fluctuations")
-    xt = validate_inputs(net, x)
+    xt = fluctuation_inputs(net, x, "ntk_fluctuations")
     N = xt.shape[0]
-    if N > MAX_FLUCTUATION_INPUTS:
-        raise ValueError(
-            f"ntk_fluctuations supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {N} (its "
-            "four-input Gaussian integrals cost O(N⁴)); call it on subsets of the inputs"
-        )
     with warnings.catch_warnings(record=True) as caught:  # one warning per kind, not per layer
         warnings.simplefilter("always")
         walk = propagate(net, gram(xt), [FLUCTUATIONS], max_memory=check_max_memory(max_memory))
