@@ -365,3 +365,11 @@ def test_single_input_statistics_scale_and_match_recursions(C_W, C_b):
             extrap, err = 2 * b - a, np.hypot(2 * eb, ea)
             neglected = 2 * (a - b) ** 2 / max(abs(b), 1e-12)
             assert abs(extrap - want) <= 4 * err + neglected, (s, ell, a, b, extrap, want)
+
+
+def test_empirical_dntk_overflow_raises_like_empirical_ntk():
+    """Far from criticality the sampled networks overflow in float32: an error naming the first
+    network, never silent NaN (the empirical NTK's rule)."""
+    net = pdlt.MLP("relu", 60, 8, 3, output_dim=2, C_W=40.0)
+    with pytest.raises(FloatingPointError, match="network 0 is not finite"):
+        pdlt.empirical_dntk(net, np.eye(3), 2, ddntk=False)

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pdlt import _validation
 from pdlt.activations import Activation
 from pdlt.experiment.ensemble import (
     DEFAULT_MAX_MEMORY,
@@ -68,7 +69,7 @@ from pdlt.experiment.ensemble import (
     resolve_dtype,
 )
 from pdlt.experiment.measure import RunningMoments
-from pdlt.experiment.ntk import _check_layer, _check_neurons
+from pdlt.experiment.ntk import check_finite_networks, check_layer, check_neurons
 from pdlt.network import MLP, validate_inputs
 
 Tensor = torch.Tensor
@@ -146,8 +147,8 @@ def chunk_dntk(
         ``"ddI"`` and ``"ddII"`` (B, k, k, k, k, N, N, N, N): network, neuron indices in the
         order of the book's definitions (02-ntk.md §5.1, §6.1), then input indices likewise.
     """
-    ell = _check_layer(net, layer)
-    idx = _check_neurons(net, ell, neurons)
+    ell = check_layer(net, layer)
+    idx = check_neurons(net, ell, neurons)
     B, N, k = chunk.size, chunk.x.shape[1], len(idx)
     dev, dt = chunk.x.device, chunk.x.dtype
     d = _Directions(
@@ -381,17 +382,12 @@ def empirical_dntk(
     >>> e.dH.shape                 # (networks, 4, 4, 4, N, N, N)
     """
     xt = validate_inputs(net, x)
-    if (
-        isinstance(n_networks, bool)
-        or not isinstance(n_networks, (int, np.integer))
-        or n_networks < 1
-    ):
-        raise ValueError(f"n_networks must be an int ≥ 1, got {n_networks!r}")
+    n_networks = _validation.integer("n_networks", n_networks, min=1)
     if not isinstance(ddntk, bool):
         raise TypeError(f"ddntk must be True or False, got {ddntk!r}")
     check_ensemble_args(max(int(n_networks), 2), seed, max_memory)
-    ell = _check_layer(net, layer)
-    idx = _check_neurons(net, ell, neurons)
+    ell = check_layer(net, layer)
+    idx = check_neurons(net, ell, neurons)
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     size = _sub_batch(net, ell, len(idx), xt.shape[0], ddntk, torch.finfo(dt).bits // 8)
     parts: dict[str, list[Tensor]] = {}
@@ -400,6 +396,7 @@ def empirical_dntk(
     ):
         for sub in _sub_chunks(chunk, size):
             for key, val in chunk_dntk(net, sub, ell, idx, ddntk=ddntk).items():
+                check_finite_networks(val, sub.start, f"empirical {key}")
                 parts.setdefault(key, []).append(val.contiguous())
     out = {key: torch.cat(v) for key, v in parts.items()}
     return EmpiricalDNTK(

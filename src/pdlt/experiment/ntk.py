@@ -52,7 +52,7 @@ NEURONS = 8  # neurons per layer whose NTK the estimators measure (all of them i
 # the structured empirical NTK
 
 
-def _check_layer(net: MLP, layer: int | None) -> int:
+def check_layer(net: MLP, layer: int | None) -> int:
     if layer is None:
         return net.depth
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
@@ -62,7 +62,7 @@ def _check_layer(net: MLP, layer: int | None) -> int:
     return int(layer)
 
 
-def _check_neurons(net: MLP, layer: int, neurons: Sequence[int] | int | None) -> list[int]:
+def check_neurons(net: MLP, layer: int, neurons: Sequence[int] | int | None) -> list[int]:
     n = net.widths[layer]
     if neurons is None:
         return list(range(n))
@@ -111,8 +111,8 @@ def chunk_ntk(
         (B, k, k, N, N) indexed [network, i1, i2, δ1, δ2], in the chunk's dtype; with
         ``contributions=True`` (B, ℓ, k, k, N, N), whose sum over axis 1 is the NTK.
     """
-    ell = _check_layer(net, layer)
-    idx = _check_neurons(net, ell, neurons)
+    ell = check_layer(net, layer)
+    idx = check_neurons(net, ell, neurons)
     B, N, k = chunk.size, chunk.x.shape[1], len(idx)
     dev, dt = chunk.x.device, chunk.x.dtype
     rows = torch.as_tensor(idx, device=dev)
@@ -180,6 +180,18 @@ class EmpiricalNTK:
         return f"EmpiricalNTK(networks={M}, layer={self.layer}, neurons={k}, inputs={N})"
 
 
+def check_finite_networks(values: Tensor, start: int, what: str) -> None:
+    """Raise, naming the first network, if per-network ``values`` (network axis first) of the
+    networks ``start``, ``start + 1``, … are not all finite (as :func:`pdlt.measure` does)."""
+    if not bool(torch.isfinite(values).all()):
+        first = start + int((~torch.isfinite(values)).flatten(1).any(1).nonzero()[0, 0])
+        dt = str(values.dtype).removeprefix("torch.")
+        raise FloatingPointError(
+            f"the {what} of network {first} is not finite: the sampled networks overflowed in "
+            f"{dt}; use dtype='float64', a smaller C_W or fewer layers"
+        )
+
+
 def empirical_ntk(
     net: MLP,
     x: np.ndarray | Tensor,
@@ -212,21 +224,15 @@ def empirical_ntk(
     xt = validate_inputs(net, x)
     n_networks = _validation.integer("n_networks", n_networks, min=1)
     check_ensemble_args(max(n_networks, 2), seed, max_memory)
-    ell = _check_layer(net, layer)
-    idx = _check_neurons(net, ell, neurons)
+    ell = check_layer(net, layer)
+    idx = check_neurons(net, ell, neurons)
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     Hs, Cs = [], []
     for chunk in forward_chunks(
         net, xt, n_networks, seed, dtype=dt, device=dev, max_memory=max_memory
     ):
         out = chunk_ntk(net, chunk, ell, idx, contributions=contributions)
-        if not bool(torch.isfinite(out).all()):
-            first = chunk.start + int((~torch.isfinite(out)).flatten(1).any(1).nonzero()[0, 0])
-            raise FloatingPointError(
-                f"the empirical NTK of network {first} is not finite: the sampled networks "
-                f"overflowed in {str(dt).removeprefix('torch.')}; use dtype='float64', a smaller "
-                "C_W or fewer layers"
-            )
+        check_finite_networks(out, chunk.start, "empirical NTK")
         if contributions:
             Cs.append(out)
             Hs.append(out.sum(dim=1))
