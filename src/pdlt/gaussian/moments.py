@@ -233,11 +233,14 @@ def _first_derivatives(act: Activation, K: Tensor, dd: Tensor, zds: Tensor) -> K
     d = torch.diagonal(K)
     ok = d > 1e-300
     safe = torch.where(ok, d, 1.0)
-    zero = torch.zeros(1, dtype=DTYPE)
-    s0, s1, s2 = act.fn(zero), act.d1(zero), act.d2(zero)
-    mean_sigma = expect(act.fn, torch.clamp(d, min=0.0), kinks=act.kinks)
-    diag = torch.where(ok[:, None], (zds - K * dd) / (2 * safe[:, None]), 0.5 * s2 * mean_sigma)
-    self_ = torch.where(ok, torch.diagonal(zds) / safe, s1 * s1 + s0 * s2)
+    diag = (zds - K * dd) / (2 * safe[:, None])
+    self_ = torch.diagonal(zds) / safe
+    if not bool(ok.all()):  # limits at a zero-variance input z_a ≡ 0 (x_a = 0 with C_b = 0)
+        zero = torch.zeros(1, dtype=DTYPE)
+        s0, s1, s2 = act.fn(zero), act.d1(zero), act.d2(zero)
+        mean_sigma = expect(act.fn, torch.clamp(d, min=0.0), kinks=act.kinks)
+        diag = torch.where(ok[:, None], diag, 0.5 * s2 * mean_sigma)
+        self_ = torch.where(ok, self_, s1 * s1 + s0 * s2)
     return KernelMapDerivatives(cross=dd, diag=diag, self_=self_)
 
 
