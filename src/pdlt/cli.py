@@ -17,6 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+# the (C_W, C_b) options of the commands whose default is the activation's critical point
+CriticalCW = Annotated[
+    float | None,
+    typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
+]
+CriticalCb = Annotated[
+    float | None,
+    typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
+]
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -66,14 +76,8 @@ def report(
     width: Annotated[
         list[int] | None, typer.Option(help="Hidden width to sample at; repeat for several.")
     ] = None,
-    C_W: Annotated[
-        float | None,
-        typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
-    ] = None,
-    C_b: Annotated[
-        float | None,
-        typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
-    ] = None,
+    C_W: CriticalCW = None,
+    C_b: CriticalCb = None,
     n_networks: Annotated[int, typer.Option(help="Networks per ensemble (≥ 2).")] = 1000,
     seed: Annotated[int, typer.Option()] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("pdlt-report"),
@@ -356,14 +360,8 @@ def finite_width(
     activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, relu, …).")],
     depth: Annotated[int, typer.Option(help="Number of weight layers L.")] = 10,
     width: Annotated[int, typer.Option(help="Hidden width n.")] = 100,
-    C_W: Annotated[
-        float | None,
-        typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
-    ] = None,
-    C_b: Annotated[
-        float | None,
-        typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
-    ] = None,
+    C_W: CriticalCW = None,
+    C_b: CriticalCb = None,
     K_first: Annotated[
         float,
         typer.Option(
@@ -416,14 +414,8 @@ def dntk_command(
     activation: Annotated[str, typer.Argument(help="Built-in activation name (tanh, relu, …).")],
     depth: Annotated[int, typer.Option(help="Number of weight layers L.")] = 10,
     width: Annotated[int, typer.Option(help="Hidden width n.")] = 100,
-    C_W: Annotated[
-        float | None,
-        typer.Option("--C-W", help="Weight variance C_W (default: critical where known)."),
-    ] = None,
-    C_b: Annotated[
-        float | None,
-        typer.Option("--C-b", help="Bias variance C_b (default: critical with C_W, else 0)."),
-    ] = None,
+    C_W: CriticalCW = None,
+    C_b: CriticalCb = None,
 ) -> None:
     """Representation learning at O(1/n), per layer, for one input with |x|²/n_0 = 1 and
     λ_b = λ_W = 1: the dNTK statistics P/(nΘ²), Q/(nΘ²) (book §11.3, (11.49), (11.52)), the
