@@ -198,7 +198,7 @@ def phase_diagram(
     width: Annotated[int, typer.Option(help="Hidden width n.")] = 64,
     steps: Annotated[int, typer.Option(help="Gradient-descent steps per network.")] = 300,
     learning_rate: Annotated[float, typer.Option(help="η for the mean loss.")] = 2.0,
-    n_train: Annotated[int, typer.Option(help="Training examples (≥ 2).")] = 256,
+    n_train: Annotated[int, typer.Option(help="Training examples (≥ 2).")] = 128,
     networks: Annotated[int, typer.Option(help="Networks per cell and seed (≥ 2).")] = 2,
     seeds: Annotated[int, typer.Option(min=1, help="Replicate seeds 0…seeds−1.")] = 1,
     data: Annotated[
