@@ -325,8 +325,17 @@ def _homogeneous(name: str, a_plus: float, a_minus: float, **params: float) -> A
     forms = _family_forms((a_plus, a_minus))
     kinks = () if a_plus == a_minus else (0.0,)
 
-    def fn(z: Tensor) -> Tensor:
-        return torch.where(z >= 0, a_plus * z, a_minus * z)
+    if a_minus == 0.0:
+        # ReLU as z + relu(−z): the same values and the same autograd slope a₊ at z = 0 as
+        # the torch.where form below, ~5× faster forward and backward on CPU (measured), which
+        # dominated ReLU training.
+        def fn(z: Tensor) -> Tensor:
+            r = z + torch.relu(-z)
+            return r if a_plus == 1.0 else a_plus * r
+    else:
+
+        def fn(z: Tensor) -> Tensor:
+            return torch.where(z >= 0, a_plus * z, a_minus * z)
 
     def d1(z: Tensor) -> Tensor:
         # At the kink itself take the mean slope: then the closed forms, which treat a
