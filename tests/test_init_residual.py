@@ -76,6 +76,8 @@ def test_recognizes_residual_modules_and_sets_the_residual_critical_point():
     info = critical_(_user_net(UserBlock, 16, 6, -0.4))
     assert info.skip == pytest.approx(-0.4) and info.activation == "tanh"
     assert info.C_W == pytest.approx(1 - 0.16)
+    info = critical_(_user_net(UserBlock, 16, 8, 0.4371234))  # off the 0.01 grid, float32
+    assert info.skip == pytest.approx(0.4371234, abs=1e-5)
     info = critical_(LoopNet(16, 6, 0.6), "relu")
     assert info.skip == pytest.approx(0.6) and info.C_W == pytest.approx(2 * 0.64)
     assert info.residual_layers == ("hidden.0", "hidden.1", "hidden.2", "hidden.3")
