@@ -122,7 +122,7 @@ def _layer_z2(net: torch.nn.Sequential, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         for m in net:
             h = m(h)
-            if not isinstance(m, torch.nn.Tanh | pdlt.network._ActivationModule):
+            if isinstance(m, torch.nn.Linear | pdlt.network.ResidualBlock | UserBlock):
                 out.append(float((h.double() ** 2).mean()))
     return np.array(out)
 
@@ -159,5 +159,7 @@ def test_critically_initialized_residual_module_has_the_residual_kernel(case):
         assert np.all(np.abs(mean - K) <= bar), (n, mean, K, bar)
         if act == "relu":
             assert np.allclose(K, K[0])
+            plain_cp = pdlt.kernel(spec.with_(C_W=2.0), x.double().numpy()).K[:-1, 0, 0]
+            assert plain_cp[-1] > 50 * plain_cp[0]  # what the plain critical point would do
         else:
             assert K[-1] < 0.5 * K[0]  # the K*=0 decay is resolved, not a constant
