@@ -14,6 +14,7 @@ of real PyTorch networks, and compare the two.
 from pdlt.activations import Activation, activation
 from pdlt.compare import agreement, compare
 from pdlt.experiment.accuracy_map import AccuracyMap, accuracy_map
+from pdlt.experiment.aspect_ratio import AspectRatioExperiment, aspect_ratio_experiment
 from pdlt.experiment.bayes import PosteriorMeasurement, measure_posterior
 from pdlt.experiment.dntk import EmpiricalDNTK, empirical_dntk
 from pdlt.experiment.measure import Measurement, measure
@@ -67,6 +68,8 @@ __all__ = [
     "measure_posterior",
     "AccuracyMap",
     "accuracy_map",
+    "AspectRatioExperiment",
+    "aspect_ratio_experiment",
     "BiasVariance",
     "NNGPRegressor",
     "NTKRegressor",

@@ -151,6 +151,15 @@ class Activation:
             d = self.d1(eps)
         return float(d[0]), float(d[1])
 
+    @cached_property
+    def odd(self) -> bool:
+        """σ(−z) = −σ(z) (linear, tanh, sin, erf, …), checked on a grid in float64. Odd σ keep
+        each neuron's sign symmetry through residual layers (book App. B), so the odd cumulants
+        of a residual network vanish; a non-odd σ gives them at O(1/n)."""
+        z = torch.linspace(0.01, 6.0, 64, dtype=torch.float64)
+        with torch.no_grad():
+            return bool(torch.allclose(self.fn(-z), -self.fn(z), rtol=1e-10, atol=1e-12))
+
     @property
     def A2(self) -> float | None:
         """(a₊² + a₋²)/2 for the scale-invariant family (book §5.2), else None."""
@@ -325,8 +334,17 @@ def _homogeneous(name: str, a_plus: float, a_minus: float, **params: float) -> A
     forms = _family_forms((a_plus, a_minus))
     kinks = () if a_plus == a_minus else (0.0,)
 
-    def fn(z: Tensor) -> Tensor:
-        return torch.where(z >= 0, a_plus * z, a_minus * z)
+    if a_minus == 0.0:
+        # ReLU as z + relu(−z): the same values and the same autograd slope a₊ at z = 0 as
+        # the torch.where form below, ~5× faster forward and backward on CPU (measured), which
+        # dominated ReLU training.
+        def fn(z: Tensor) -> Tensor:
+            r = z + torch.relu(-z)
+            return r if a_plus == 1.0 else a_plus * r
+    else:
+
+        def fn(z: Tensor) -> Tensor:
+            return torch.where(z >= 0, a_plus * z, a_minus * z)
 
     def d1(z: Tensor) -> Tensor:
         # At the kink itself take the mean slope: then the closed forms, which treat a

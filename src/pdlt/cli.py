@@ -487,5 +487,41 @@ def recommend(
         typer.echo(f"Warning: {w}")
 
 
+@app.command("aspect-ratio")
+def aspect_ratio(
+    activation: Annotated[str, typer.Argument(help="Built-in activation with a critical point.")],
+    params: Annotated[int, typer.Option(help="Parameter budget of every network.")] = 6000,
+    ratio: Annotated[
+        list[float] | None, typer.Option(help="Aspect ratio L/n; repeat (default 0.025…1).")
+    ] = None,
+    skip: Annotated[float, typer.Option(help="Residual γ, |γ| < 1.")] = 0.0,
+    networks: Annotated[int, typer.Option(help="Networks per shape (≥ 2).")] = 4,
+    steps: Annotated[int, typer.Option(help="Gradient-descent steps.")] = 500,
+    learning_rate: Annotated[float, typer.Option(help="η for the mean loss.")] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Figure to write (.png/.pdf); a .csv goes beside it.")
+    ] = None,
+) -> None:
+    """Test loss of digits-trained networks of equal parameter count across aspect ratios L/n,
+    beside the theory's r* (book eqs. A.73, B.36)."""
+    from pdlt.experiment.aspect_ratio import DEFAULT_RATIOS, aspect_ratio_experiment
+
+    with _library_errors():
+        res = aspect_ratio_experiment(
+            activation, params, tuple(ratio) if ratio else DEFAULT_RATIOS, skip=skip,
+            n_networks=networks, steps=steps, learning_rate=learning_rate, seed=seed,
+        )  # fmt: skip
+    r_star = "none" if res.r_star is None else f"{res.r_star:.4g}"
+    _print_frame(res.to_frame(), f"pdlt aspect-ratio {activation}: r* = {r_star}", digits=4)
+    if res.note:
+        typer.echo(res.note)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        res.plot().figure.savefig(out, dpi=120, bbox_inches="tight")
+        res.to_frame().to_csv(out.with_suffix(".csv"), index=False)
+        console.print(f"figure written to [bold]{out.resolve()}[/bold]")
+
+
 def main() -> None:
     app()

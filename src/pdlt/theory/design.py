@@ -391,15 +391,7 @@ def _size(
             ["depth: the largest L within the budget at that width", "width: as requested"],
         )
     assert r_star is not None
-
-    def excess(n: float) -> float:
-        L = max(2.0, r_star * n)
-        return (n0 + nL + L - 1) * n + (L - 2) * n * n + nL - budget
-
-    hi = 2.0
-    while excess(hi) < 0:
-        hi *= 2
-    n_real = optimize.brentq(excess, 1e-9, hi, xtol=1e-9)
+    n_real = width_at_aspect_ratio(r_star, budget, n0, nL)
     L = max(2, round(r_star * n_real))
     if r_star * n_real < 1.5:
         warns.append(
@@ -416,6 +408,20 @@ def _size(
             f"width: the largest n within the budget at depth {L}",
         ],
     )
+
+
+def width_at_aspect_ratio(ratio: float, budget: int, input_dim: int, output_dim: int) -> float:
+    """The real width n at which depth L = max(2, ratio·n) uses the budget exactly:
+    n_0 n + (L−2) n² + n n_L + (L−1) n + n_L = ``budget`` (solved by Brent's method)."""
+
+    def excess(n: float) -> float:
+        L = max(2.0, ratio * n)
+        return (input_dim + output_dim + L - 1) * n + (L - 2) * n * n + output_dim - budget
+
+    hi = 2.0
+    while excess(hi) < 0:
+        hi *= 2
+    return float(optimize.brentq(excess, 1e-9, hi, xtol=1e-9))
 
 
 def _budget_for_depth(L: int, r_star: float, n0: int, nL: int) -> int:
