@@ -16,6 +16,6 @@ def test_architecture_section(tmp_path, act):
     assert html.count("<img") == 1 and "r*" in html
     assert "pdlt.recommend" in html and "depth L" in html
     assert (act == "sigmoid") == ("no criticality" in html)
-    assert (act == "relu") == ("non-odd σ" in html)
+    assert (act == "relu") == ("B.29 (dashed)" in html)
     assert result.sections[0].seconds < 30  # budget ≤ 5 s; generous for a loaded CI machine
     assert len(result.summary) == 2

@@ -1,5 +1,5 @@
 """Report section: designing a network from the theory (book App. A, B) — residual criticality
-C_W(γ) (B.20–B.21), ν(γ) (B.29, B.35), the optimal aspect ratio r*(γ) (A.73, B.36), and
+C_W(γ) (B.20–B.21), ν(γ) (B.35; B.29 corrected, see pdlt.theory.vertex), the optimal aspect ratio r*(γ) (A.73, B.36), and
 :func:`pdlt.recommend` for a typical budget. Theory only: well under a second."""
 
 from __future__ import annotations
@@ -33,6 +33,16 @@ def _curves(act: str) -> tuple[np.ndarray, np.ndarray, str]:
     return cw, nu, how
 
 
+def _book_nu(act: str) -> np.ndarray | None:
+    """The book's ν(γ) = (1 − γ²)²(3A₄/A₂² − 1) + 4γ²(1 − γ²) (B.29, second Hermite order of
+    the cross-layer terms only) for the scale-invariant class, else None."""
+    cp = critical_point(act)
+    if cp.universality_class != "scale-invariant":
+        return None
+    g2 = _GAMMAS**2
+    return (1 - g2) ** 2 * cp.vertex_growth + 4 * g2 * (1 - g2)
+
+
 def architecture_section(config: ReportConfig) -> Section:
     t0 = time.perf_counter()
     act = config.activation
@@ -40,7 +50,11 @@ def architecture_section(config: ReportConfig) -> Section:
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
     ax[0].plot(_GAMMAS, cw, "C0-")
     ax[0].set(xlabel="skip γ", ylabel="C_W", title=f"{act}: C_W(γ) from {how.split(' (')[0]}")
-    ax[1].plot(_GAMMAS, nu, "C1.-")
+    ax[1].plot(_GAMMAS, nu, "C1.-", label="path recursion")
+    book = _book_nu(act)
+    if book is not None:
+        ax[1].plot(_GAMMAS, book, "C7--", label="book B.29 (2nd order only)")
+        ax[1].legend()
     ax[1].set(xlabel="skip γ", ylabel="ν(γ)", title="ν(γ): V/(nK²) ≈ ν ℓ/n")
     for n_L, style in ((1, "-"), (10, "--")):
         ax[2].plot(_GAMMAS, 4.0 / (20.0 + 3 * n_L) / nu, "C2." + style, label=f"n_L = {n_L}")
@@ -52,13 +66,20 @@ def architecture_section(config: ReportConfig) -> Section:
     fig.tight_layout()
     defined = np.isfinite(nu)
     nu_note = (
-        "ν(γ) is drawn for every γ: the residual four-point recursion closes on V for this σ."
+        "ν(γ) is drawn for every γ"
+        + (
+            ": from the residual path recursion, which keeps every Hermite order of the "
+            "cross-layer σ² covariances; the book's B.29 (dashed) keeps the second only, and Monte "
+            "Carlo sides with the former (tests/test_residual_vertex.py)."
+            if book is not None
+            else "."
+        )
         if defined.all()
         else (
             "ν, hence r*, is only drawn where the theory gives it: "
             + (
-                "at γ = 0 (for a non-odd σ such as ReLU the residual vertex does not close on V "
-                "alone; pdlt raises instead of guessing)."
+                "at γ = 0 (the residual vertex recursion has no closed slope for this class; "
+                "pdlt.four_point_vertex gives V of any residual network)."
                 if defined[0]
                 else "nowhere for this activation (no criticality)."
             )
