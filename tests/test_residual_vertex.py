@@ -67,7 +67,7 @@ def test_linear_is_the_book_recursion_multi_input_per_layer_skips():
         A = J + g**2 * torch.eye(3, dtype=torch.float64)
         V = A @ V @ A.T + C_W**2 * M + g**2 * (M @ J.T + J @ M)
         assert torch.allclose(torch.as_tensor(th.V_pairs[ell]), V, rtol=1e-10), ell
-    assert np.allclose(pdlt.kernel_correction(net, X2).K1, 0.0, atol=1e-12)
+    assert np.allclose(pdlt.kernel_correction(net, X2).K1, 0.0, atol=1e-9)
 
 
 def _relu_closed_forms(gamma: float, depth: int):
@@ -109,6 +109,14 @@ def test_relu_one_input_matches_closed_forms(gamma):
     assert np.allclose(pdlt.four_point_vertex(net, X1).normalized[:, 0], V, rtol=1e-7)
     kc = pdlt.kernel_correction(net, X1)
     assert np.allclose(kc.K1[:, 0, 0] / kc.K[:, 0, 0], K1, rtol=1e-5, atol=1e-8)
+    # two identical inputs (a singular kernel): every entry is the one-input value
+    same = np.repeat(X1, 2, axis=0)
+    v2 = pdlt.four_point_vertex(net, same)
+    assert np.allclose(v2.V_pairs / v2.K[:, :1, :1] ** 2, V[:, None, None], rtol=1e-6)
+    # (K1 off the diagonal: ⟨relu relu⟩ has a (1 − ρ)^{3/2} term at ρ = 1, so the one-sided
+    # Price derivative along the singular direction is good to ~√h ≈ 1 %, not 1e-5)
+    k2 = pdlt.kernel_correction(net, same)
+    assert np.allclose(k2.K1 / k2.K, K1[:, None, None], rtol=2e-2, atol=1e-6)
     cut = pdlt.MLP(
         "relu",
         depth=6,

@@ -42,7 +42,7 @@ import torch
 
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments, expect_product, input_pairs
-from pdlt.gaussian.moments import KernelMapDerivatives
+from pdlt.gaussian.moments import FD_STEP, KernelMapDerivatives, one_sided_difference
 from pdlt.gaussian.rules import homogeneous_smoothing
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import KERNEL
@@ -253,31 +253,33 @@ def path_response(
     """R_q = Σ_m Σ_{p,r} (B_m)_{pr} ∂/∂S_p E[σσ_r(z^{(m)}) σσ_q(z^{(ℓ)})], (P,): the layer-ℓ
     derivative (Price's theorem: the derivative in the innovation covariance S = K^{(ℓ)} −
     g²K^{(m)}, with the cross block and K^{(m)} fixed) of the cross-layer four-point function,
-    contracted with the influence matrices B_m (ψ^{(ℓ)} = Σ_m B_m φ(z^{(m)})). One directional
-    derivative per (m, r), by central differences (step ≤ 1e-4 of the kernel scale and half the
-    smallest eigenvalue of S, so the perturbed kernels stay positive semi-definite)."""
+    contracted with the influence matrices B_m (ψ^{(ℓ)} = Σ_m B_m φ(z^{(m)})).
+
+    One directional derivative per (m, r), along Δ = Σ_i λ_i u_iu_iᵀ (the symmetric N×N matrix
+    with entries (B_m)_{pr} at p, by its eigenvectors): along each u_iu_iᵀ a second-order
+    one-sided difference with steps h, 2h, h = 1e-4 of the kernel scale (moments.FD_STEP),
+    which keeps every perturbed kernel positive semi-definite even where S is singular (there,
+    for kinked σ, E has a t^{3/2} term along the singular direction and the derivative is good to
+    ~√h ≈ 1 %; elsewhere to ~1e-6)."""
     h, N, P = path_K.shape[0], K.shape[0], path_B.shape[1]
-    pairs, index = input_pairs(N)
-    # direction Δ^{(m,r)}: the symmetric N×N matrix with entries (B_m)_{pr} at p
-    D = path_B.transpose(1, 2)[:, :, index]  # (h, P_r, N, N)
-    S = K - path_g[:, None, None] ** 2 * path_K  # (h, N, N)
-    lam = torch.linalg.eigvalsh(S)[:, 0].clamp(min=0.0)  # (h,)
-    norm = torch.linalg.matrix_norm(D, ord=2).clamp(min=1e-300)  # (h, P)
-    scale = torch.diagonal(K).max()
-    t = torch.minimum(1e-4 * scale / norm, 0.5 * lam[:, None] / norm)  # (h, P)
+    _, index = input_pairs(N)
+    lam, U = torch.linalg.eigh(path_B.transpose(1, 2)[:, :, index])  # (h, P, N), (h, P, N, N)
+    dirs = U.transpose(-1, -2)[..., :, None] * U.transpose(-1, -2)[..., None, :]  # (h,P,N,N,N)
+    step = FD_STEP * float(torch.diagonal(K).max().clamp(min=1e-300))
     base = _joint_kernels(path_K, path_g, K)  # (h, 2N, 2N)
-    blocks = base[:, None, None].repeat(1, P, 2, 1, 1)  # (h, P_r, ±, 2N, 2N)
-    shift = t[:, :, None, None] * D
-    blocks[:, :, 0, N:, N:] += shift
-    blocks[:, :, 1, N:, N:] -= shift
-    nb = h * P * 2
+    blocks = base[:, None, None, None].repeat(1, P, N, 3, 1, 1)  # (h, P_r, dir, k, 2N, 2N)
+    for k in (1, 2):
+        blocks[:, :, :, k, N:, N:] += k * step * dirs
+    nb = h * P * N * 3
     block = torch.arange(nb).repeat_interleave(P)
-    r = torch.arange(P).repeat_interleave(2 * P).repeat(h)
+    r = torch.arange(P).repeat_interleave(N * 3 * P).repeat(h)
     q = torch.arange(P).repeat(nb)
     E = path_pair_expectations(act, blocks.reshape(nb, 2 * N, 2 * N), block, r, q, tol=tol)
-    E = E.reshape(h, P, 2, P)
-    dE = (E[:, :, 0] - E[:, :, 1]) / (2 * t[:, :, None])  # (h, P_r, P_q)
-    return dE.sum(dim=(0, 1))
+    E = E.reshape(h, P, N, 3, P)
+    dE = one_sided_difference(
+        E[:, :, :, 0], E[:, :, :, 1], E[:, :, :, 2], step
+    )  # (h, P_r, dir, P_q)
+    return torch.einsum("hri,hriq->q", lam, dE)
 
 
 def _empty_path(N: int) -> dict[str, Tensor]:
