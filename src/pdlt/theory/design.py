@@ -6,7 +6,9 @@ output neurons, at next-to-leading order, is maximal at (A.73)
     r* = (4 / (20 + 3 n_L)) · (1/ν)
 
 and a residual network has the same rule with ν(γ) (B.36). ν comes from
-:func:`pdlt.critical_point` (``vertex_growth``; ν(γ) for ``skip`` ≠ 0).
+:func:`pdlt.critical_point` (``vertex_growth``; ν(γ) for ``skip`` ≠ 0 — for the scale-invariant
+class from the residual path recursion of :mod:`pdlt.theory.vertex`, which Monte Carlo supports
+over the book's B.29: ReLU ν(0.5) = 6.50, not 3.56).
 """
 
 from __future__ import annotations
