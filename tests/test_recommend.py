@@ -78,7 +78,11 @@ def test_warnings():
     elu = pdlt.recommend("elu", depth=10, **BUDGET)
     assert elu.r_star is None and any("r*, is not available" in w for w in elu.warnings)
     relu_res = pdlt.recommend("relu", skip=0.5, **BUDGET)
-    assert any("ν(γ) is not available" in w for w in relu_res.warnings)
+    assert not any("ν" in w for w in relu_res.warnings)
+    assert relu_res.nu == pytest.approx(6.4963, abs=1e-3)
+    assert any("path recursion" in r for r in relu_res.reasons)
+    gelu_res = pdlt.recommend("gelu", skip=0.5, **BUDGET)
+    assert any("ν(γ) is not available" in w for w in gelu_res.warnings)
 
 
 @pytest.mark.parametrize(

@@ -79,8 +79,6 @@ def test_theory_residual_steps_exact_cases():
     assert np.allclose(np.diff(V[1:]), 2 * (1 - g**4))
     th = pdlt.ntk(net, x).Theta[:, 0, 0]  # Θ' = 1 + K + (C_W + γ²)Θ = 1 + K + Θ
     assert np.allclose(np.diff(th), 1 + K[0])
-    with pytest.raises(NotImplementedError, match="odd"):
-        pdlt.four_point_vertex(net.with_(activation="relu", C_W=2 * CW), x)
     with pytest.raises(NotImplementedError, match="residual"):
         pdlt.ntk_fluctuations(net, x)
 
@@ -139,9 +137,14 @@ def test_residual_critical_point_and_aspect_ratio():
     assert pdlt.optimal_aspect_ratio("tanh") == pytest.approx(4 / 23 / (2 / 3))
     assert pdlt.optimal_aspect_ratio("relu", output_dim=10) == pytest.approx(4 / 50 / 5)
     assert pdlt.optimal_aspect_ratio("tanh", skip=0.5) == pytest.approx(4 / 23 / 0.625)
-    assert pdlt.critical_point("relu", skip=0.5).vertex_growth is None
-    with pytest.raises(ValueError, match="ν is not available"):
-        pdlt.optimal_aspect_ratio("relu", skip=0.5)
+    # ReLU: ν(γ) from the path recursion (not the book's (1 − γ²)(5 − γ²) = 3.5625): the slope
+    # of V/K² deep in the network, and r* with it
+    nu = pdlt.critical_point("relu", skip=0.5).vertex_growth
+    net = pdlt.MLP("relu", depth=60, width=100, input_dim=1, output_dim=100, C_W=1.5, skip=0.5)
+    v = pdlt.four_point_vertex(net, [[1.0]]).normalized[:, 0]
+    assert np.diff(v)[-1] == pytest.approx(nu, rel=1e-6)
+    assert nu == pytest.approx(6.4963, abs=1e-3)
+    assert pdlt.optimal_aspect_ratio("relu", skip=0.5) == pytest.approx(4 / 23 / nu)
     with pytest.raises(ValueError, match="no criticality"):
         pdlt.optimal_aspect_ratio("sigmoid")
     with pytest.raises(ValueError, match="γ² < 1"):

@@ -31,7 +31,7 @@ from pdlt.gaussian.rules import (
     split_rule,
 )
 
-_FD_STEP = 1e-4
+FD_STEP = 1e-4
 
 
 def input_pairs(N: int) -> tuple[Tensor, Tensor]:
@@ -44,7 +44,7 @@ def input_pairs(N: int) -> tuple[Tensor, Tensor]:
     return torch.stack([a, b], dim=1), index
 
 
-def _one_sided(f0: Tensor, f1: Tensor, f2: Tensor, step: Tensor) -> Tensor:
+def one_sided_difference(f0: Tensor, f1: Tensor, f2: Tensor, step: Tensor) -> Tensor:
     """Second-order one-sided difference f'(x) ≈ (−3f(x) + 4f(x+h) − f(x+2h)) / 2h."""
     return (-3 * f0 + 4 * f1 - f2) / (2 * step)
 
@@ -155,11 +155,11 @@ class LayerMoments:
         K, N = self.K, self.N
         d = torch.diagonal(K)
         kscale = torch.clamp(d.max(), min=1e-300)
-        h_d = _FD_STEP * torch.where(d > 0, d, kscale)
+        h_d = FD_STEP * torch.where(d > 0, d, kscale)
         pair_scale = torch.sqrt(torch.clamp(torch.outer(d, d), min=0.0))
         pair_scale = torch.where(pair_scale > 0, pair_scale, kscale)
         eye = torch.eye(N, dtype=torch.bool)
-        s = torch.where(eye, 0.0, _FD_STEP * pair_scale * torch.where(K >= 0, -1.0, 1.0))
+        s = torch.where(eye, 0.0, FD_STEP * pair_scale * torch.where(K >= 0, -1.0, 1.0))
         big = K.repeat(5, 5)
         for i, shift in enumerate((h_d, 2 * h_d), start=1):  # d-copies
             big[i * N : (i + 1) * N, i * N : (i + 1) * N] = K + torch.diag(shift)
@@ -179,12 +179,16 @@ class LayerMoments:
             cross=blk(A, 0, 0),
             diag=blk(Jd, 0, 0),
             self_=chi[:N],
-            d_cross_ab=_one_sided(blk(A, 0, 0), blk(A, 0, 3), blk(A, 0, 4), step_off),
-            d_cross_aa=_one_sided(blk(A, 0, 0), blk(A, 1, 0), blk(A, 2, 0), h_d[:, None]),
-            d_diag_ab=_one_sided(blk(Jd, 0, 0), blk(Jd, 0, 3), blk(Jd, 0, 4), step_off),
-            d_diag_aa=_one_sided(blk(Jd, 0, 0), blk(Jd, 1, 0), blk(Jd, 2, 0), h_d[:, None]),
-            d_diag_bb=_one_sided(blk(Jd, 0, 0), blk(Jd, 0, 1), blk(Jd, 0, 2), h_d[None, :]),
-            d_self=_one_sided(chi[:N], chi[N : 2 * N], chi[2 * N : 3 * N], h_d),
+            d_cross_ab=one_sided_difference(blk(A, 0, 0), blk(A, 0, 3), blk(A, 0, 4), step_off),
+            d_cross_aa=one_sided_difference(blk(A, 0, 0), blk(A, 1, 0), blk(A, 2, 0), h_d[:, None]),
+            d_diag_ab=one_sided_difference(blk(Jd, 0, 0), blk(Jd, 0, 3), blk(Jd, 0, 4), step_off),
+            d_diag_aa=one_sided_difference(
+                blk(Jd, 0, 0), blk(Jd, 1, 0), blk(Jd, 2, 0), h_d[:, None]
+            ),
+            d_diag_bb=one_sided_difference(
+                blk(Jd, 0, 0), blk(Jd, 0, 1), blk(Jd, 0, 2), h_d[None, :]
+            ),
+            d_self=one_sided_difference(chi[:N], chi[N : 2 * N], chi[2 * N : 3 * N], h_d),
         )
 
     # ---- four-point expectations ------------------------------------------------------------

@@ -6,7 +6,9 @@ output neurons, at next-to-leading order, is maximal at (A.73)
     r* = (4 / (20 + 3 n_L)) · (1/ν)
 
 and a residual network has the same rule with ν(γ) (B.36). ν comes from
-:func:`pdlt.critical_point` (``vertex_growth``; ν(γ) for ``skip`` ≠ 0).
+:func:`pdlt.critical_point` (``vertex_growth``; ν(γ) for ``skip`` ≠ 0 — for the scale-invariant
+class from the residual path recursion of :mod:`pdlt.theory.vertex`, which Monte Carlo supports
+over the book's B.29: ReLU ν(0.5) = 6.50, not 3.56).
 """
 
 from __future__ import annotations
@@ -202,8 +204,9 @@ def _initialization(act, cp, skip: float) -> tuple[float, float, float | None, s
             nu = critical_point(act).vertex_growth
             warn.append(
                 f"ν(γ) is not available for {cp.activation} at γ = {skip:g} (the residual "
-                "four-point recursion closes on V only for odd σ): r* uses the plain ν(0), "
-                "a conservative (shallower) choice since the skip damps the fluctuations"
+                "vertex recursion has no closed slope for this class): r* uses the plain ν(0), "
+                "a rough guide (the skip can raise ν as well as lower it: ReLU ν(0.25) = 6.13 "
+                "> ν(0) = 5)"
             )
         return cp.C_b, cp.C_W, nu, reason, warn
     f = 1.0 - skip * skip
@@ -222,6 +225,18 @@ def _initialization(act, cp, skip: float) -> tuple[float, float, float | None, s
         ", scaled by 1 − γ²" if skip else ""
     )
     return 0.0, C_W_plain * f, nu, reason, warn
+
+
+def _nu_method(cp) -> str:
+    """How ν(γ) of a residual critical point was obtained (empty for γ = 0)."""
+    if cp.skip == 0.0 or cp.vertex_growth is None:
+        return ""
+    if cp.universality_class == "scale-invariant":
+        return (
+            " (residual path recursion, every Hermite order of the cross-layer σ² covariances: "
+            "C_W² Σ_j c_j²(1 + γ^j)/(1 − γ^j)/K²; the book's B.29 keeps j = 2 only)"
+        )
+    return " ((2/3)(1 − γ⁴), B.35: exact as K → 0)"
 
 
 def recommend(
@@ -281,7 +296,7 @@ def recommend(
         + (
             f"γ = {gamma:g} as requested (z^(ℓ+1) = b + Wσ(z^(ℓ)) + γ z^(ℓ), eq. B.3)"
             if skip is not None
-            else "plain MLP (γ = 0; no skip requested) — a residual γ raises r* as 1/ν(γ), eq. B.36"
+            else "plain MLP (γ = 0; no skip requested) — a residual γ changes r* as 1/ν(γ), eq. B.36"
         ),
         f"{init_reason}: C_b = {C_b:.6g}, C_W = {C_W:.6g}",
     ]
@@ -289,7 +304,7 @@ def recommend(
     if nu is not None and nu > 0:
         r_star = 4.0 / (20.0 + 3.0 * nL) / nu
         reasons.append(
-            f"nu: V/(nK²) ≈ νℓ/n at criticality (A.68, B.35): ν = {nu:.6g}"
+            f"nu: V/(nK²) ≈ νℓ/n at criticality (A.68, B.35): ν = {nu:.6g}{_nu_method(cp)}"
             if cp.exists
             else f"nu: one-layer growth C_W² Var[σ²]/K*² = {nu:.6g} (no criticality, see warnings)"
         )

@@ -22,6 +22,14 @@ with V^{(1)} = K^{{1}(1)} = 0 (the first layer is exactly Gaussian). This is the
 Stein's lemma; J needs only first derivatives of σ (:class:`~pdlt.gaussian.LayerMoments`), so
 kinked activations are exact. The steps are :data:`VERTEX` and :data:`CORRECTION` of the layer
 walk (:mod:`pdlt.theory.layers`).
+
+A network with residual layers (z^{(ℓ+1)} = b + Wσ(z^{(ℓ)}) + γz^{(ℓ)}, book App. B) needs more
+than V: each neuron's own path through the skips correlates its earlier contributions to the
+shared metrics with its later preactivations, through every Hermite order of σσ (the book's
+eqs. B.24–B.26 keep the second only, exact for linear σ, nearly so for tanh near K* = 0, and
+too small by ~40% at ℓ = 8 for ReLU at γ = 0.5, as Monte Carlo confirms). The path recursion
+(:func:`residual_vertex_step`, :func:`residual_correction_step`) carries Ψ, X and the layers
+of the current path in the state, and collapses to the book's recursion under its closure.
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ import pandas as pd
 import torch
 
 from pdlt._tables import long_frame
-from pdlt.gaussian import LayerMoments, input_pairs
-from pdlt.gaussian.moments import KernelMapDerivatives
+from pdlt.gaussian import LayerMoments, expect_product, input_pairs
+from pdlt.gaussian.moments import FD_STEP, KernelMapDerivatives, one_sided_difference
+from pdlt.gaussian.rules import homogeneous_smoothing
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import KERNEL
 from pdlt.theory.layers import (
@@ -135,30 +144,23 @@ def residual_jacobian(net: MLP, layer: int, m: LayerMoments) -> Tensor:
 
 
 def vertex_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[str, Tensor]:
-    """V^{(ℓ+1)} = C_W² Cov_K[σ_aσ_b, σ_cσ_d] + (n_ℓ/n_{ℓ−1}) J V^{(ℓ)} Jᵀ (book §4.3).
-
-    A residual layer, z^{(ℓ+1)} = b + Wσ(z^{(ℓ)}) + γ z^{(ℓ)} (book eqs. B.24–B.25 with ξ = 1):
-    J → J + γ²·1, and the fresh term gains the correlation of the skip path γ² z_a z_b with the
-    new metric C_W σ_c σ_d of the same neuron, γ² C_W [Cov_K(z_az_b, σ_cσ_d) + (ab ↔ cd)]
-    = γ² (M Jᵀ + J M) with M = Cov_K(z_az_b, z_cz_d) (Stein's lemma, Cov_K(z_az_b, f) =
-    Σ_ef K_ae K_bf ⟨∂_e∂_f f⟩, in the symmetric variables of J).
-    """
+    """V^{(ℓ+1)} = C_W² Cov_K[σ_aσ_b, σ_cσ_d] + (n_ℓ/n_{ℓ−1}) J V^{(ℓ)} Jᵀ (book §4.3); a
+    network with residual layers goes through :func:`residual_vertex_step`."""
+    if net.residual:
+        return residual_vertex_step(net, layer, prev, m)
     C_W = net.C_W[layer - 1]
     pairs, _ = input_pairs(m.N)
     ss = m.ss[pairs[:, 0], pairs[:, 1]]
     fresh = C_W**2 * (m.ssss_pairs - torch.outer(ss, ss))
-    gamma = net.skip[layer - 1]
-    if gamma != 0.0:
-        J0 = kernel_jacobian(m.derivatives, C_W)
-        M = gaussian_pair_covariance(m.K)
-        fresh = fresh + gamma**2 * (M @ J0.T + J0 @ M)
     J = residual_jacobian(net, layer, m)
     return {"V": fresh + width_ratio(net, layer) * J @ prev.V @ J.T}
 
 
 def correction_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[str, Tensor]:
-    """K^{{1}(ℓ+1)} = (n_ℓ/n_{ℓ−1}) [J K^{{1}(ℓ)} + ½ H:V^{(ℓ)}] (book §4.3); a residual layer
-    has J + γ²·1 (its γ²K term is linear, so H is unchanged; book eq. B.8)."""
+    """K^{{1}(ℓ+1)} = (n_ℓ/n_{ℓ−1}) [J K^{{1}(ℓ)} + ½ H:V^{(ℓ)}] (book §4.3); a network with
+    residual layers goes through :func:`residual_correction_step`."""
+    if net.residual:
+        return residual_correction_step(net, layer, prev, m)
     C_W = net.C_W[layer - 1]
     pairs, index = input_pairs(m.N)
     J = residual_jacobian(net, layer, m)
@@ -169,34 +171,228 @@ def correction_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> 
     }
 
 
-def _is_odd(act: object) -> bool:
-    """σ(−z) = −σ(z) on a grid (linear, tanh, sin, erf …)."""
-    z = torch.linspace(0.01, 6.0, 64, dtype=_DTYPE)
-    return bool(torch.allclose(act(-z), -act(z), rtol=1e-10, atol=1e-12))
+# --------------------------------------------------------------------------------------------
+# residual networks: each neuron's path through the skips
+#
+# At leading order neuron i of a residual stretch has a path z_i^{(1)}, …, z_i^{(ℓ)} that is a
+# Gaussian process over (layer, input), Cov(z^{(m)}_a, z^{(ℓ)}_b) = g_{mℓ} K^{(m)}_ab with
+# g_{mℓ} = γ_{m+1}⋯γ_ℓ (a plain layer cuts the path). Neurons interact at O(1/n) only through
+# the shared metrics; neuron i's own influence on the layer-ℓ kernel is the vector (over pairs)
+#
+#     ψ^{(1)} = 0,   ψ^{(ℓ+1)} = (J + γ²) ψ^{(ℓ)} + C_W φ(z^{(ℓ)}),   φ_p = σ_aσ_b − ⟨σ_aσ_b⟩_K,
+#
+# K̂^{(ℓ)} − K^{(ℓ)} = (1/n) Σ_i ψ_i^{(ℓ)}, a function of neuron i's own path. For two distinct
+# neurons i ≠ k, n Cov(f(z_i), g(z_k)) = Df Ψ Dgᵀ + Dg·Cov(ψ, f) + Df·Cov(ψ, g) with
+# Ψ = Var ψ and Df_p = ∂⟨f⟩_K/∂K_p. In a plain MLP Cov(ψ, f(z)) = 0 (neuron i of layer ℓ+1 is
+# fresh) and V = Ψ; through a skip it is not, and for a non-odd σ (ReLU, GELU) it is not
+# captured by V: σσ(z^{(m)}) and σσ(z^{(ℓ)}) of one path correlate through every Hermite order,
+# the first (sign information) included. The book's residual recursion (eqs. B.24–B.26) is the
+# closure that keeps only the second order, Cov(ψ, σσ) → X Jᵀ/C_W; under it the steps below
+# collapse exactly to V^{(ℓ+1)} = (J+γ²)V(J+γ²)ᵀ + C_W²Cov(σσ, σσ) + γ²(MJᵀ + JM).
+
+_PATH_CUTOFF = 1e-13  # |g_{mℓ}| below which an earlier layer's correlation with ℓ is dropped
 
 
-def check_residual_vertex(net: MLP) -> None:
-    """The residual V recursion (J + γ², fresh term + γ²(MJᵀ + JM)) closes on V only when a
-    neuron's own history enters E[f(z^{(ℓ+1)}) | z^{(ℓ)}] through z^{(ℓ)2} alone; for a non-odd σ
-    (ReLU, GELU, …) the skip path carries sign information the recursion misses, and Monte Carlo
-    shows V/K² growing faster than it predicts (ReLU, γ = 0.5, n = 128: ×1.6 by layer 6).
-    NotImplementedError there rather than a wrong number."""
-    if net.residual and not _is_odd(net.activation):
-        raise NotImplementedError(
-            f"the four-point vertex of a residual MLP is derived here for odd activations "
-            f"(linear, tanh, …) only; {net.activation!r} is not odd: its skip path carries "
-            "single-neuron history that V alone does not close on (see "
-            "pdlt.theory.vertex.check_residual_vertex). The kernel and the NTK mean of residual "
-            "networks are available for any activation."
-        )
+def _joint_kernels(path_K: Tensor, path_g: Tensor, K: Tensor) -> Tensor:
+    """The joint covariance of (z^{(m)}, z^{(ℓ)}) of one path for every earlier layer m:
+    (h, 2N, 2N) with blocks K^{(m)}, g_{mℓ}K^{(m)}, K^{(ℓ)}."""
+    h, N = path_K.shape[0], K.shape[0]
+    out = torch.empty((h, 2 * N, 2 * N), dtype=_DTYPE)
+    cross = path_g[:, None, None] * path_K
+    out[:, :N, :N] = path_K
+    out[:, :N, N:] = cross
+    out[:, N:, :N] = cross.transpose(1, 2)
+    out[:, N:, N:] = K
+    return out
 
 
-def _zeros_pairs(net: MLP, g: Tensor) -> dict[str, Tensor]:
+def path_pair_expectations(
+    act: object, blocks: Tensor, block: Tensor, p: Tensor, q: Tensor, *, tol: float
+) -> Tensor:
+    """E[σ(u_a)σ(u_b)σ(v_c)σ(v_d)] for (u, v) ~ N(0, blocks[block]) (each (2N, 2N)), pair
+    p = (a, b) of u and q = (c, d) of v, per row: (T,). Up to four distinct variables, through
+    the one engine (:func:`pdlt.gaussian.expect_product`; Wick's theorem for linear σ)."""
+    N = blocks.shape[1] // 2
+    pairs, _ = input_pairs(N)
+    base = 2 * N * block
+    idx = torch.stack(
+        [base + pairs[p, 0], base + pairs[p, 1], base + N + pairs[q, 0], base + N + pairs[q, 1]],
+        dim=1,
+    )
+    big = torch.block_diag(*blocks) if blocks.shape[0] else torch.zeros((0, 0), dtype=_DTYPE)
+    if act.homogeneous == (1.0, 1.0):
+        a, b, c, d = idx.unbind(1)
+        return big[a, b] * big[c, d] + big[a, c] * big[b, d] + big[a, d] * big[b, c]
+    smooth = homogeneous_smoothing(*act.homogeneous) if act.homogeneous and act.kinks else None
+    return expect_product(act.fn, big, idx, kinks=act.kinks, tol=tol, smooth=smooth)
+
+
+def path_covariance(
+    act: object, path_K: Tensor, path_g: Tensor, path_ss: Tensor, K: Tensor, ss: Tensor, tol: float
+) -> Tensor:
+    """Q_m = Cov(σ_aσ_b(z^{(m)}), σ_cσ_d(z^{(ℓ)})) along one path, (h, P, P), for every
+    earlier layer m of the path (path covariance g_{mℓ}K^{(m)}); ``path_ss``, ``ss`` are the
+    layers' ⟨σσ⟩ over pairs."""
+    h, P = path_K.shape[0], ss.shape[0]
+    blocks = _joint_kernels(path_K, path_g, K)
+    block = torch.arange(h).repeat_interleave(P * P)
+    p = torch.arange(P).repeat_interleave(P).repeat(h)
+    q = torch.arange(P).repeat(P * h)
+    E = path_pair_expectations(act, blocks, block, p, q, tol=tol).reshape(h, P, P)
+    return E - path_ss[:, :, None] * ss[None, None, :]
+
+
+def path_response(
+    act: object,
+    path_K: Tensor,
+    path_g: Tensor,
+    path_B: Tensor,
+    K: Tensor,
+    tol: float,
+) -> Tensor:
+    """R_q = Σ_m Σ_{p,r} (B_m)_{pr} ∂/∂S_p E[σσ_r(z^{(m)}) σσ_q(z^{(ℓ)})], (P,): the layer-ℓ
+    derivative (Price's theorem: the derivative in the innovation covariance S = K^{(ℓ)} −
+    g²K^{(m)}, with the cross block and K^{(m)} fixed) of the cross-layer four-point function,
+    contracted with the influence matrices B_m (ψ^{(ℓ)} = Σ_m B_m φ(z^{(m)})).
+
+    One directional derivative per (m, r), along Δ = Σ_i λ_i u_iu_iᵀ (the symmetric N×N matrix
+    with entries (B_m)_{pr} at p, by its eigenvectors): along each u_iu_iᵀ a second-order
+    one-sided difference with steps h, 2h, h = 1e-4 of the kernel scale (moments.FD_STEP),
+    which keeps every perturbed kernel positive semi-definite even where S is singular (there,
+    for kinked σ, E has a t^{3/2} term along the singular direction and the derivative is good to
+    ~√h ≈ 1 %; elsewhere to ~1e-6)."""
+    h, N, P = path_K.shape[0], K.shape[0], path_B.shape[1]
+    _, index = input_pairs(N)
+    lam, U = torch.linalg.eigh(path_B.transpose(1, 2)[:, :, index])  # (h, P, N), (h, P, N, N)
+    dirs = U.transpose(-1, -2)[..., :, None] * U.transpose(-1, -2)[..., None, :]  # (h,P,N,N,N)
+    step = FD_STEP * float(torch.diagonal(K).max().clamp(min=1e-300))
+    base = _joint_kernels(path_K, path_g, K)  # (h, 2N, 2N)
+    blocks = base[:, None, None, None].repeat(1, P, N, 3, 1, 1)  # (h, P_r, dir, k, 2N, 2N)
+    for k in (1, 2):
+        blocks[:, :, :, k, N:, N:] += k * step * dirs
+    nb = h * P * N * 3
+    block = torch.arange(nb).repeat_interleave(P)
+    r = torch.arange(P).repeat_interleave(N * 3 * P).repeat(h)
+    q = torch.arange(P).repeat(nb)
+    E = path_pair_expectations(act, blocks.reshape(nb, 2 * N, 2 * N), block, r, q, tol=tol)
+    E = E.reshape(h, P, N, 3, P)
+    dE = one_sided_difference(
+        E[:, :, :, 0], E[:, :, :, 1], E[:, :, :, 2], step
+    )  # (h, P_r, dir, P_q)
+    return torch.einsum("hri,hriq->q", lam, dE)
+
+
+def _empty_path(N: int) -> dict[str, Tensor]:
+    P = N * (N + 1) // 2
+    return {
+        "path_K": torch.zeros((0, N, N), dtype=_DTYPE),
+        "path_g": torch.zeros((0,), dtype=_DTYPE),
+        "path_B": torch.zeros((0, P, P), dtype=_DTYPE),
+        "path_ss": torch.zeros((0, P), dtype=_DTYPE),
+    }
+
+
+def residual_vertex_update(
+    Psi: Tensor,
+    X: Tensor,
+    Y: Tensor,
+    A: Tensor,
+    J: Tensor,
+    M: Tensor,
+    fresh: Tensor,
+    gamma: float,
+    r: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One residual step of the path bookkeeping (layer ℓ → ℓ+1), (Ψ', X', V'):
+
+        Ψ^{(ℓ+1)} = r A Ψ Aᵀ + C_W² Cov_K(σσ, σσ) + A Ỹ + Ỹᵀ Aᵀ,       A = J + γ²
+        X^{(ℓ+1)} = γ² (r A X + J M)
+        V^{(ℓ+1)} = Ψ^{(ℓ+1)} + X^{(ℓ+1)} + X^{(ℓ+1)ᵀ}
+
+    with Ψ = Var ψ, X_pq = Cov(ψ_p, z_qz_q), Ỹ_pq = C_W Cov(ψ_p, σσ_q) at layer ℓ, ``fresh`` =
+    C_W² Cov_K(σσ, σσ), M = Cov_K(zz, zz), r = n_ℓ/n_{ℓ−1}. V = Ψ + X + Xᵀ is the connected
+    four-point function of two distinct neurons, n Cov(z_{i;a}z_{i;b}, z_{k;c}z_{k;d}).
+    C_W Cov(σσ, zz) = J M by Stein's lemma."""
+    Psi_new = fresh + r * A @ Psi @ A.T + A @ Y + Y.T @ A.T
+    if gamma == 0.0:
+        X_new = torch.zeros_like(X)
+    else:
+        X_new = gamma**2 * (r * A @ X + J @ M)
+    return Psi_new, X_new, Psi_new + X_new + X_new.T
+
+
+def residual_vertex_step(
+    net: MLP, layer: int, prev: LayerState, m: LayerMoments
+) -> dict[str, Tensor]:
+    """V^{(ℓ+1)} of a network with residual layers, for any σ (see the comment above
+    :func:`residual_vertex_update`): Ỹ = C_W Σ_m B_m Q_m from the layers of the current path
+    (ψ^{(ℓ)} = Σ_m B_m φ(z^{(m)}), B_m = Π (J + γ²) C_W), each Q_m a cross-layer four-point
+    function (:func:`path_covariance`); O(L²) such expectations, the path kept in the state.
+    A plain layer (γ = 0) cuts the path."""
+    C_W, gamma, r = net.C_W[layer - 1], net.skip[layer - 1], width_ratio(net, layer)
+    pairs, _ = input_pairs(m.N)
+    P = pairs.shape[0]
+    ss = m.ss[pairs[:, 0], pairs[:, 1]]
+    fresh = C_W**2 * (m.ssss_pairs - torch.outer(ss, ss))
+    J = kernel_jacobian(m.derivatives, C_W)
+    A = J + gamma**2 * torch.eye(P, dtype=_DTYPE)
+    Y = torch.zeros((P, P), dtype=_DTYPE)
+    if prev.path_K.shape[0]:
+        Q = path_covariance(m.act, prev.path_K, prev.path_g, prev.path_ss, m.K, ss, m.tol)
+        Y = C_W * torch.einsum("mpr,mrq->pq", prev.path_B, Q)
+    M = gaussian_pair_covariance(m.K)
+    Psi, X, V = residual_vertex_update(prev.Psi, prev.X, Y, A, J, M, fresh, gamma, r)
+    if gamma == 0.0:
+        path = _empty_path(m.N)
+    else:
+        g = torch.cat([prev.path_g * gamma, torch.tensor([gamma], dtype=_DTYPE)])
+        keep = g.abs() > _PATH_CUTOFF
+        path = {
+            "path_K": torch.cat([prev.path_K, m.K[None]])[keep],
+            "path_g": g[keep],
+            "path_B": torch.cat([A @ prev.path_B, C_W * torch.eye(P, dtype=_DTYPE)[None]])[keep],
+            "path_ss": torch.cat([prev.path_ss, ss[None]])[keep],
+        }
+    return {"V": V, "Psi": Psi, "X": X, **path}
+
+
+def residual_correction_step(
+    net: MLP, layer: int, prev: LayerState, m: LayerMoments
+) -> dict[str, Tensor]:
+    """K^{{1}(ℓ+1)} of a network with residual layers, for any σ:
+
+        K^{{1}(ℓ+1)} = r [(J + γ²) K^{{1}(ℓ)} + ½ H:Ψ^{(ℓ)}] + C_W Σ_p Cov(ψ_p, D_p σσ(z^{(ℓ)}))
+
+    E[σσ(z_i)] at O(1/n) has the shared part D⟨σσ⟩·K1 + ½H:Ψ and the self part: neuron i's own
+    earlier σσ moved the variances of its own later steps, Cov(ψ, D_pσσ) with D_p h the
+    pointwise ∂_a∂_b h (½∂_a² on the diagonal), Σ_m B_m Cov(φ(z^{(m)}), D_pσσ(z^{(ℓ)})) — by
+    Price's theorem the derivative of the cross-layer four-point function in the layer-ℓ
+    innovation covariance (:func:`path_response`). Under the second-order closure the self
+    part is H:X and the step is the book's r[(J+γ²)K1 + ½H:V]."""
+    C_W, r = net.C_W[layer - 1], width_ratio(net, layer)
+    pairs, index = input_pairs(m.N)
+    A = residual_jacobian(net, layer, m)
+    K1 = (A @ prev.K1[pairs[:, 0], pairs[:, 1]])[index]
+    out = r * (K1 + half_hessian_contraction(m.derivatives, C_W, prev.Psi))
+    if prev.path_K.shape[0]:
+        J = kernel_jacobian(m.derivatives, C_W)
+        dE = path_response(m.act, prev.path_K, prev.path_g, prev.path_B, m.K, m.tol)
+        # Cov(φ_r, D_p h) = ∂_p E[σσ_r h] − ⟨σσ_r⟩ D_p⟨h⟩, and C_W D_p⟨σσ_q⟩ = J_qp
+        mean = torch.einsum("mr,qp,mpr->q", prev.path_ss, J, prev.path_B) / C_W
+        out = out + C_W * (dE - mean)[index]
+    return {"K1": out}
+
+
+def _first_vertex(net: MLP, g: Tensor) -> dict[str, Tensor]:
     P = g.shape[0] * (g.shape[0] + 1) // 2
-    return {"V": torch.zeros((P, P), dtype=_DTYPE)}
+    out = {"V": torch.zeros((P, P), dtype=_DTYPE)}
+    if net.residual:
+        out |= {"Psi": torch.zeros((P, P), dtype=_DTYPE), "X": torch.zeros((P, P), dtype=_DTYPE)}
+        out |= _empty_path(g.shape[0])
+    return out
 
 
-VERTEX = Recursion("vertex", first=_zeros_pairs, step=vertex_step, requires=(KERNEL,))
+VERTEX = Recursion("vertex", first=_first_vertex, step=vertex_step, requires=(KERNEL,))
 CORRECTION = Recursion(
     "correction",
     first=lambda net, g: {"K1": torch.zeros_like(g)},
@@ -384,7 +580,6 @@ def four_point_vertex(
     >>> fw = pdlt.four_point_vertex(net, [[1.0]])
     >>> fw.normalized[-1]        # V/K² at ℓ = 10: 5.5235
     """
-    check_residual_vertex(net)
     xt = validate_inputs(net, x)
     tol, max_memory = check_tol(tol), check_max_memory(max_memory)
     walk = propagate(net, gram(xt), [VERTEX], tol=tol, max_memory=max_memory)
@@ -415,7 +610,6 @@ def kernel_correction(
     >>> net = pdlt.MLP("tanh", depth=10, width=100, input_dim=1)
     >>> pdlt.kernel_correction(net, [[1.0]]).K1[-1]     # −0.10713375
     """
-    check_residual_vertex(net)
     xt = validate_inputs(net, x)
     tol, max_memory = check_tol(tol), check_max_memory(max_memory)
     walk = propagate(net, gram(xt), [CORRECTION], tol=tol, max_memory=max_memory)

@@ -1,9 +1,9 @@
 """Report section: designing a network from the theory (book App. A, B) — residual criticality
-C_W(γ) (B.20–B.21), ν(γ) (B.29, B.35), the optimal aspect ratio r*(γ) (A.73, B.36),
-:func:`pdlt.recommend` for a typical budget, the four-point vertex of real residual networks
-against :func:`pdlt.four_point_vertex`, and the aspect-ratio experiment on the digits
-(:func:`pdlt.aspect_ratio_experiment`). A few seconds: two small ensembles and 24 small
-trained networks."""
+C_W(γ) (B.20–B.21), ν(γ) (B.35; B.29 corrected, see :mod:`pdlt.theory.vertex`), the optimal
+aspect ratio r*(γ) (A.73, B.36), :func:`pdlt.recommend` for a typical budget, the four-point
+vertex of real residual networks against :func:`pdlt.four_point_vertex`, and the aspect-ratio
+experiment on the digits (:func:`pdlt.aspect_ratio_experiment`). A few seconds: two small
+ensembles and 24 small trained networks."""
 
 from __future__ import annotations
 
@@ -47,6 +47,16 @@ def _curves(act: str) -> tuple[np.ndarray, np.ndarray, str]:
     return cw, nu, how
 
 
+def _book_nu(act: str) -> np.ndarray | None:
+    """The book's ν(γ) = (1 − γ²)²(3A₄/A₂² − 1) + 4γ²(1 − γ²) (B.29, second Hermite order of
+    the cross-layer terms only) for the scale-invariant class, else None."""
+    cp = critical_point(act)
+    if cp.universality_class != "scale-invariant":
+        return None
+    g2 = _GAMMAS**2
+    return (1 - g2) ** 2 * cp.vertex_growth + 4 * g2 * (1 - g2)
+
+
 def architecture_section(config: ReportConfig) -> Section:
     t0 = time.perf_counter()
     act = config.activation
@@ -54,7 +64,11 @@ def architecture_section(config: ReportConfig) -> Section:
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.4))
     ax[0].plot(_GAMMAS, cw, "C0-")
     ax[0].set(xlabel="skip γ", ylabel="C_W", title=f"{act}: C_W(γ) from {how.split(' (')[0]}")
-    ax[1].plot(_GAMMAS, nu, "C1.-")
+    ax[1].plot(_GAMMAS, nu, "C1.-", label="path recursion")
+    book = _book_nu(act)
+    if book is not None:
+        ax[1].plot(_GAMMAS, book, "C7--", label="book B.29 (2nd order only)")
+        ax[1].legend()
     ax[1].set(xlabel="skip γ", ylabel="ν(γ)", title="ν(γ): V/(nK²) ≈ ν ℓ/n")
     for n_L, style in ((1, "-"), (10, "--")):
         ax[2].plot(_GAMMAS, 4.0 / (20.0 + 3 * n_L) / nu, "C2." + style, label=f"n_L = {n_L}")
@@ -66,13 +80,20 @@ def architecture_section(config: ReportConfig) -> Section:
     fig.tight_layout()
     defined = np.isfinite(nu)
     nu_note = (
-        "ν(γ) is drawn for every γ: the residual four-point recursion closes on V for this σ."
+        "ν(γ) is drawn for every γ"
+        + (
+            ": from the residual path recursion, which keeps every Hermite order of the "
+            "cross-layer σ² covariances; the book's B.29 (dashed) keeps the second only, and Monte "
+            "Carlo sides with the former (tests/test_residual_vertex.py)."
+            if book is not None
+            else "."
+        )
         if defined.all()
         else (
             "ν, hence r*, is only drawn where the theory gives it: "
             + (
-                "at γ = 0 (for a non-odd σ such as ReLU the residual vertex does not close on V "
-                "alone; pdlt raises instead of guessing)."
+                "at γ = 0 (the residual vertex recursion has no closed slope for this class; "
+                "pdlt.four_point_vertex gives V of any residual network)."
                 if defined[0]
                 else "nowhere for this activation (no criticality)."
             )
@@ -141,7 +162,7 @@ def _residual_vertex_part(config: ReportConfig, summary: list) -> list[str]:
     layers = np.arange(1, config.depth + 1)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     cols: dict[str, np.ndarray] = {"layer": layers}
-    note, theory_drawn = "", False
+    theory_drawn = False
     for j, w in enumerate(_V_WIDTHS):
         net = MLP(act, depth=config.depth, width=w, input_dim=x.shape[1], C_b=C_b, C_W=C_W, skip=g)
         ms = measure(
@@ -150,27 +171,18 @@ def _residual_vertex_part(config: ReportConfig, summary: list) -> list[str]:
         )  # fmt: skip
         K = kernel(net, x).K[:, 0, 0]
         mv, me = ms.V[:, 0, 0, 0, 0] / K**2, ms.V_err[:, 0, 0, 0, 0] / K**2
-        try:
-            th = four_point_vertex(net, x)
-        except NotImplementedError as exc:  # non-odd σ: the residual vertex is not derived yet
-            th, note = None, str(exc)
-        ok = None
-        if th is not None:
-            ok = bool(agreement(compare(th, ms, statistics=("V",)), net).all())
-            if not theory_drawn:
-                theory_and_measured(ax, layers, th.normalized[:, 0], theory_label="theory")
-                cols["theory V/K²"] = th.normalized[:, 0]
-                theory_drawn = True
+        th = four_point_vertex(net, x)
+        ok = bool(agreement(compare(th, ms, statistics=("V",)), net).all())
+        if not theory_drawn:
+            theory_and_measured(ax, layers, th.normalized[:, 0], theory_label="theory")
+            cols["theory V/K²"] = th.normalized[:, 0]
+            theory_drawn = True
         theory_and_measured(
             ax, layers, None, mv, me, color=f"C{j}", label=f"measured, n = {w}",
             shift=(j - 0.5) * 0.15,
         )  # fmt: skip
         cols[f"measured n={w}"], cols[f"± error (n={w})"] = mv, me
-        last = (
-            f"ℓ={config.depth}: "
-            + (f"{th.normalized[-1, 0]:.3f} theory, " if th is not None else "")
-            + f"{mv[-1]:.3f} ± {me[-1]:.3f}"
-        )
+        last = f"ℓ={config.depth}: {th.normalized[-1, 0]:.3f} theory, {mv[-1]:.3f} ± {me[-1]:.3f}"
         summary.append(summary_row(f"residual V/K² (γ = {g:g}) vs {M} networks, n={w}", last, ok))
     ax.set(
         xlabel="layer ℓ",
@@ -192,13 +204,6 @@ def _residual_vertex_part(config: ReportConfig, summary: list) -> list[str]:
         ),
         figure(fig, f"{act}: V/K² of residual networks at n = 32 and 96, γ = {g:g}."),
     ]
-    if note:
-        parts.append(
-            paragraph(
-                f"Measured only: pdlt.four_point_vertex raised NotImplementedError ({note}).",
-                "note",
-            )
-        )
     parts.append(table(pd.DataFrame(cols), digits=4, scroll=True))
     return parts
 
