@@ -34,6 +34,7 @@ import torch
 
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
+from pdlt.gaussian.rules import nodes_per_piece, split_rule
 from pdlt.network import MLP, require_plain, validate_inputs
 from pdlt.theory.kernel import KERNEL, relabel_layers, walk_entrywise
 from pdlt.theory.layers import (
@@ -44,7 +45,7 @@ from pdlt.theory.layers import (
     propagate,
     width_ratio,
 )
-from pdlt.theory.vertex import VERTEX, pairs_to_tensor
+from pdlt.theory.vertex import VERTEX, extended_path, pairs_to_tensor
 
 Tensor = torch.Tensor
 
@@ -169,11 +170,21 @@ def ntk(
 MAX_FLUCTUATION_INPUTS = 8  # four-input cubature costs O(N⁴ q⁴); 8 inputs take ~minutes
 
 
-def fluctuation_inputs(net: MLP, x: np.ndarray | Tensor, what: str) -> Tensor:
+def fluctuation_inputs(
+    net: MLP, x: np.ndarray | Tensor, what: str, *, residual_inputs: int = 0
+) -> Tensor:
     """The inputs of an O(1/n) statistic with four-input Gaussian integrals (NTK fluctuations,
-    dNTK, ddNTKs, Θ1), validated: a plain MLP and at most ``MAX_FLUCTUATION_INPUTS`` inputs."""
-    require_plain(net, what)
+    dNTK, ddNTKs, Θ1), validated: at most ``MAX_FLUCTUATION_INPUTS`` inputs, and a plain MLP
+    unless ``what`` is derived for residual MLPs on up to ``residual_inputs`` inputs."""
+    if net.residual and residual_inputs == 0:
+        require_plain(net, what)
     xt = validate_inputs(net, x)
+    if net.residual and xt.shape[0] > residual_inputs:
+        raise NotImplementedError(
+            f"{what} of residual MLPs is derived for at most {residual_inputs} input(s) (the "
+            f"path recursion of one input), got {xt.shape[0]}; call it on one input at a time "
+            "(the multi-input cross terms are not derived)"
+        )
     if xt.shape[0] > MAX_FLUCTUATION_INPUTS:
         raise ValueError(
             f"{what} supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {xt.shape[0]} (its "
@@ -269,6 +280,8 @@ def fluctuation_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) ->
     A' = Cov(X, X) + r [¼ V⟨∂∂X⟩⟨∂∂X⟩ + (C_W/2)(⟨σ'σ'⟩ D⟨∂∂X⟩ + mirror) + C_W² ⟨σ'σ'⟩⟨σ'σ'⟩ A]
     B'_{δ1δ3δ2δ4} = C_W² Θ_{δ1δ2}Θ_{δ3δ4} ⟨σ'σ'σ'σ'⟩ + r C_W² ⟨σ'_{δ1}σ'_{δ3}⟩⟨σ'_{δ2}σ'_{δ4}⟩ B
     """
+    if net.residual:
+        return residual_fluctuation_step(net, layer, prev, m)
     i = layer - 1
     C_W, lam_W = net.C_W[i], net.lambda_W[i]
     r = width_ratio(net, layer)
@@ -328,9 +341,264 @@ def fluctuation_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) ->
     return {"D": new_D, "F": new_F, "A": new_A, "B": new_B}
 
 
+# --------------------------------------------------------------------------------------------
+# residual networks (one input): each neuron's path through the skips
+#
+# With z^{(ℓ+1)} = b + Wσ(z^{(ℓ)}) + γz^{(ℓ)}, differentiating gives dz^{(ℓ+1)}_i/dθ =
+# Σ_j (W_ij σ'_j + γδ_ij) dz^{(ℓ)}_j/dθ + (direct), so (N = 1, i ≠ k, u_{k;l} = σ'_l Ĥ_lk)
+#
+#   Ĥ'_ii = λ_b + (λ_W/n)Σσ² + Σ_jl W_ij W_il σ'_jσ'_l Ĥ_jl + 2γ Σ_l W_il σ'_l Ĥ_li + γ² Ĥ_ii
+#   Ĥ'_ik = Σ_jl W_ij W_kl σ'_jσ'_l Ĥ_jl + γ (w_i·u_k + w_k·u_i) + γ² Ĥ_ik .
+#
+# At leading order neuron i's path z_i^{(1)}, …, z_i^{(ℓ)} is Gaussian (cross-covariances
+# g_{mℓ}K^{(m)}, as for the vertex: :mod:`pdlt.theory.vertex`); everything else is O(1/√n).
+#
+# A, D. Given layer ℓ, Ĥ'_ii = T̂ + γ²Ĥ_ii + (noise of row i, conditional mean 0), with the shared
+# T̂ = λ_b + (1/n)Σ_j X_j, X_j = λ_Wσ_j² + C_W σ'_j² Ĥ_jj. So the NTK diagonal has no part of its
+# own neuron's path: Ĥ_ii = Θ + (1/n)Σ_j χ_j + noise, each neuron's influence χ on the shared NTK
+#
+#   χ^{(ℓ+1)} = a χ + b ψ + e(z^{(ℓ)}),   a = γ² + C_W⟨σ'²⟩,  b = ½(λ_W⟨(σ²)''⟩ + C_WΘ⟨(σ'²)''⟩),
+#   e = X − ⟨X⟩ with Θ for Ĥ_jj,
+#
+# beside its influence ψ on the shared kernel (ψ' = (J + γ²)ψ + C_W φ, vertex.py). Then
+# A = n Cov(Ĥ_ii, Ĥ_kk) = Var χ and D = n Cov(Ĥ_ii, z_k²) = Cov(χ, ψ) + Cov(χ, z²) =: Ξ + Z, with
+#
+#   A' = r(a²A + 2abΞ + b²Ψ) + Var e + 2a Cov(χ, e) + 2b Cov(ψ, e)
+#   Ξ' = r(a(J+γ²)Ξ + b(J+γ²)Ψ) + C_W(a Cov(χ, φ) + b Cov(ψ, φ)) + (J+γ²)Cov(ψ, e) + C_W Cov(e, φ)
+#   Z' = γ²[r(aZ + bX) + K² P_X]        (X = Cov(ψ, z²); Cov(e, z²) = K²⟨e''⟩ by Stein)
+#
+# where Cov(χ, ·), Cov(ψ, ·) of functions of z^{(ℓ)} are sums over the earlier layers of the path
+# of cross-layer covariances of σ², σ'² (χ and ψ are linear in φ(z^{(m)}), φ'(z^{(m)})).
+#
+# B. b(i, k) = n E[Ĥ_ik² | paths] = β + φ_b(i) + φ_b(k) (additive): averaging Ĥ'_ik² over the two
+# rows, n c² Σ S_jl² + γ² C_W(|u_k|² + |u_i|²) + γ⁴ nĤ_ik² (c = C_W/n), and |u_k|² ∋ σ'_k² Θ², so
+#
+#   B' = β' = C_W²Θ²⟨σ'⁴⟩ + 2γ²C_WΘ²⟨σ'²⟩ + r(a²β + 2a C_W Cov(σ'², φ_b)),
+#   φ_b' = r γ² a φ_b + γ² C_W Θ² φ'(z^{(ℓ)}).
+#
+# F. q(i, k) = n E[Ĥ_ik | paths] is a bilinear form f(i)ᵀ Q f(k) in the path functions
+# f = (1, z^{(m)}, s^{(m)} = σσ'(z^{(m)})): with E[w_i | ε_i] = cσε_i/G (ε the new innovation,
+# G = C_b + C_W⟨σ²⟩ its variance),
+#
+#   q' = α ε_iε_k + (γC_WΘ/G)(ε_i s_k + ε_k s_i) + r(γC_W/G)(ε_i μᵀQf(k) + ε_k μᵀQf(i)) + rγ² q,
+#   α = C_W²(Θ⟨σ²σ'²⟩ + r μᵀQμ)/G²,   μ_a = E[s^{(ℓ)} f_a],
+#
+# and F = n E[Ĥ_ik z_i z_k] = νᵀQν, ν_a = E[f_a z^{(ℓ)}]. At γ = 0 all four reduce to the book's
+# plain recursions (eqs. 8.x, :func:`fluctuation_step`). Derived for one input: the multi-input
+# form needs the same bookkeeping over input tuples and is refused.
+
+
+def _path_rule(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> tuple[Tensor, ...]:
+    """Nodes (u, v) and weights w of the kink-split rule of (z^{(m)}, z^{(ℓ)}) of one path,
+    one input, for every earlier layer m: each (h, nodes)."""
+    Km = path_K[:, 0, 0]
+    cross = path_g * Km
+    cov = torch.stack([torch.stack([Km, cross], -1), torch.stack([cross, K.expand_as(Km)], -1)], -2)
+    q = nodes_per_piece(float(torch.sqrt(torch.cat([Km, K.reshape(1)]).max())))
+    rule = split_rule(cov, act.kinks, q)
+    return rule.z[..., 0], rule.z[..., 1], rule.w
+
+
+def path_moments(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> dict[str, Tensor]:
+    """Cross-layer Gaussian expectations of one path, one input, per earlier layer m (h,):
+    covariances ``ss_ss`` = Cov(σ²(z^{(m)}), σ²(z^{(ℓ)})), ``ss_dd``, ``dd_ss``, ``dd_dd``
+    (σ'² in the second slot or first), and ``s_s`` = E[s(z^{(m)}) s(z^{(ℓ)})], ``s_z`` =
+    E[s(z^{(m)}) z^{(ℓ)}], ``s`` = E[s(z^{(m)})], s = σσ'."""
+    u, v, w = _path_rule(act, path_K, path_g, K)
+    f0, f1 = act.derivative(0), act.derivative(1)
+    su, sv, du, dv = f0(u), f0(v), f1(u), f1(v)
+    sq_u, sq_v, dq_u, dq_v = su * su, sv * sv, du * du, dv * dv
+
+    def E(x: Tensor) -> Tensor:
+        return (w * x).sum(dim=1)
+
+    def cov(x: Tensor, y: Tensor) -> Tensor:
+        return E(x * y) - E(x) * E(y)
+
+    s_u, s_v = su * du, sv * dv
+    return {
+        "ss_ss": cov(sq_u, sq_v),
+        "ss_dd": cov(sq_u, dq_v),
+        "dd_ss": cov(dq_u, sq_v),
+        "dd_dd": cov(dq_u, dq_v),
+        "s_s": E(s_u * s_v),
+        "s_z": E(s_u * v),
+        "s": E(s_u),
+    }
+
+
+def _residual_first(g: Tensor) -> dict[str, Tensor]:
+    """The residual bookkeeping of layer 1 (Gaussian, deterministic NTK): all zero; the F form
+    Q over the basis (1, z^{(1)})."""
+    empty = torch.zeros((0,), dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    return {
+        "Xi": zero,
+        "Zc": zero,
+        "path_cs": empty,
+        "path_cd": empty,
+        "path_cb": empty,
+        "Fq": torch.zeros((2, 2), dtype=torch.float64),
+    }
+
+
+def residual_fluctuation_step(
+    net: MLP, layer: int, prev: LayerState, m: LayerMoments
+) -> dict[str, Tensor]:
+    """D, F, A, B of a network with residual layers, one input, layer ℓ → ℓ+1 = ``layer`` (the
+    derivation is in the comment above :func:`_path_rule`). The path (its layers' K, g and ψ
+    coefficients) is the vertex's (:func:`pdlt.theory.vertex.residual_vertex_step`); this step
+    carries χ's and φ_b's coefficients on the same layers and the form Q of F."""
+    i = layer - 1
+    C_W, C_b, lam_W, gamma = net.C_W[i], net.C_b[i], net.lambda_W[i], net.skip[i]
+    g2 = gamma * gamma
+    r = width_ratio(net, layer)
+    t = m.fluctuation_terms
+    K, Th = m.K[0, 0], prev.Theta[0, 0]
+    ss, dd = m.ss[0, 0], m.dd[0, 0]
+    s4, d2s2, d4 = t["ssss"][0, 0, 0, 0], t["ddss"][0, 0, 0, 0], t["dddd"][0, 0, 0, 0]
+    P_ss, P_dd, P1 = t["P_ss"][0, 0, 0, 0], t["P_dd"][0, 0, 0, 0], t["P1"][0, 0, 0]
+    s_mean = m.local.mean(0, 1)[0, 0]  # ⟨σσ'⟩
+    G = C_b + C_W * ss  # variance of the new innovation
+    a = g2 + C_W * dd
+    P_X = lam_W * P_ss + C_W * Th * P_dd
+    b = 0.5 * P_X
+    A_psi = C_W * 0.5 * P_ss + g2  # J + γ², one input
+    var_s, var_d, cov_sd = s4 - ss * ss, d4 - dd * dd, d2s2 - ss * dd
+    var_e = lam_W**2 * var_s + 2 * lam_W * C_W * Th * cov_sd + (C_W * Th) ** 2 * var_d
+    cov_e_phi = lam_W * var_s + C_W * Th * cov_sd
+    h = prev.path_K.shape[0]
+    cs, cd, cb = prev.path_cs, prev.path_cd, prev.path_cb
+    B_psi = prev.path_B[:, 0, 0]
+    zero = torch.zeros((), dtype=torch.float64)
+    if h:
+        pm = path_moments(m.act, prev.path_K, prev.path_g, K)
+        y_ps, y_pd = (B_psi * pm["ss_ss"]).sum(), (B_psi * pm["ss_dd"]).sum()
+        y_cs = (cs * pm["ss_ss"] + cd * pm["dd_ss"]).sum()
+        y_cd = (cs * pm["ss_dd"] + cd * pm["dd_dd"]).sum()
+        y_b = (cb * pm["dd_dd"]).sum()
+    else:
+        pm = {k: torch.zeros((0,), dtype=torch.float64) for k in ("s_s", "s_z", "s")}
+        y_ps = y_pd = y_cs = y_cd = y_b = zero
+    cov_psi_e = lam_W * y_ps + C_W * Th * y_pd  # Cov(ψ, e(z^{(ℓ)}))
+    cov_chi_e = lam_W * y_cs + C_W * Th * y_cd
+    Psi, X = prev.Psi[0, 0], prev.X[0, 0]
+    A, Xi, Z, beta = prev.A[0, 0, 0, 0], prev.Xi, prev.Zc, prev.B[0, 0, 0, 0]
+    new_A = r * (a * a * A + 2 * a * b * Xi + b * b * Psi) + var_e
+    new_A = new_A + 2 * a * cov_chi_e + 2 * b * cov_psi_e
+    new_Xi = r * A_psi * (a * Xi + b * Psi) + C_W * (a * y_cs + b * y_ps)
+    new_Xi = new_Xi + A_psi * cov_psi_e + C_W * cov_e_phi
+    new_Z = g2 * (r * (a * Z + b * X) + K * K * P_X) if gamma != 0.0 else zero
+    new_B = C_W**2 * Th**2 * d4 + 2 * g2 * C_W * Th**2 * dd
+    new_B = new_B + r * (a * a * beta + 2 * a * C_W * y_b)
+    new_F, Fq = _residual_F(prev, pm, h, K, Th, G, C_W, gamma, r, P1, d2s2, s_mean)
+    # coefficients on the layers of the path of layer ℓ+1 (the vertex drops the same ones)
+    if gamma == 0.0:
+        keep = torch.zeros(h + 1, dtype=torch.bool)
+    else:
+        _, keep = extended_path(prev.path_g, gamma)
+    one = torch.ones(1, dtype=torch.float64)
+    path_cs = torch.cat([a * cs + b * B_psi, lam_W * one])[keep]
+    path_cd = torch.cat([a * cd, C_W * Th * one])[keep]
+    path_cb = torch.cat([r * g2 * a * cb, g2 * C_W * Th**2 * one])[keep]
+    Fq = _reduce_form(Fq, keep, torch.cat([pm["s"], s_mean.reshape(1)]))
+
+    def t4(x: Tensor) -> Tensor:
+        return x.reshape(1, 1, 1, 1)
+
+    return {
+        "D": t4(new_Z + new_Xi),
+        "F": t4(new_F),
+        "A": t4(new_A),
+        "B": t4(new_B),
+        "Xi": new_Xi,
+        "Zc": new_Z,
+        "path_cs": path_cs,
+        "path_cd": path_cd,
+        "path_cb": path_cb,
+        "Fq": Fq,
+    }
+
+
+def _residual_F(
+    prev: LayerState,
+    pm: dict[str, Tensor],
+    h: int,
+    K: Tensor,
+    Th: Tensor,
+    G: Tensor,
+    C_W: float,
+    gamma: float,
+    r: float,
+    P1: Tensor,
+    d2s2: Tensor,
+    s_mean: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """F^{(ℓ+1)} = ν'ᵀQ'ν' and the form Q' over the full basis (1, z_path, z^{(ℓ)}, z^{(ℓ+1)},
+    s_path, s^{(ℓ)}) (2h + 4), from Q over (1, z_path, z^{(ℓ)}, s_path) (2h + 2)."""
+    Q = prev.Fq
+    Km, g = prev.path_K[:, 0, 0], prev.path_g
+    one = torch.ones(1, dtype=torch.float64)
+    # μ_a = E[s^{(ℓ)} f_a] over the basis of layer ℓ (Stein: E[s(z^{(ℓ)}) z^{(m)}] = g K_m ⟨s'⟩)
+    mu = torch.cat([s_mean * one, g * Km * P1, K * P1 * one, pm["s_s"]])
+    Qmu = Q @ mu
+    alpha = C_W**2 * (Th * d2s2 + r * (mu @ Qmu)) / G**2
+    n_full = 2 * h + 4
+    old = torch.cat([torch.arange(h + 2), torch.arange(h + 3, 2 * h + 3)])  # old → full
+    z_new, z_cur, s_cur = h + 2, h + 1, 2 * h + 3
+    emb = torch.zeros((n_full, n_full), dtype=torch.float64)
+    emb[old[:, None], old[None, :]] = Q
+    v = torch.zeros(n_full, dtype=torch.float64)
+    v[old] = Qmu
+    u = torch.zeros(n_full, dtype=torch.float64)
+    u[z_new] = 1.0
+    u[z_cur] = -gamma
+    e = torch.zeros(n_full, dtype=torch.float64)
+    e[s_cur] = 1.0
+    c1, c2 = gamma * C_W * Th / G, gamma * C_W / G
+    Qn = (
+        alpha * torch.outer(u, u)
+        + c1 * (torch.outer(u, e) + torch.outer(e, u))
+        + r * c2 * (torch.outer(u, v) + torch.outer(v, u))
+        + r * gamma**2 * emb
+    )
+    # ν'_a = E[f_a z^{(ℓ+1)}]: γ E[f_a z^{(ℓ)}] for the old path functions, K^{(ℓ+1)} for z^{(ℓ+1)}
+    nu = torch.cat(
+        [
+            0 * one,
+            gamma * g * Km,
+            gamma * K * one,
+            (G + gamma**2 * K) * one,
+            gamma * pm["s_z"],
+            gamma * K * P1 * one,
+        ]
+    )
+    return nu @ Qn @ nu, Qn
+
+
+def _reduce_form(Q: Tensor, keep: Tensor, s_means: Tensor) -> Tensor:
+    """The form over the basis of layer ℓ+1, (1, z_kept, z^{(ℓ+1)}, s_kept), from the full one
+    (1, z_{path+ℓ}, z^{(ℓ+1)}, s_{path+ℓ}): a dropped layer's z (its correlation with the later
+    path is below the cutoff) goes, its s becomes its mean ⟨s⟩ (a constant)."""
+    h1 = keep.shape[0]  # layers of the path of ℓ+1 before the cut: path of ℓ, and ℓ
+    k = int(keep.sum())
+    T = torch.zeros((2 * k + 2, 2 * h1 + 2), dtype=torch.float64)  # full function → new basis
+    T[0, 0] = 1.0
+    zk = torch.nonzero(keep).flatten()
+    T[1 + torch.arange(k), 1 + zk] = 1.0
+    T[k + 1, h1 + 1] = 1.0
+    T[k + 2 + torch.arange(k), h1 + 2 + zk] = 1.0
+    dropped = torch.nonzero(~keep).flatten()
+    T[0, h1 + 2 + dropped] = s_means[dropped]
+    return T @ Q @ T.T
+
+
 def _zero_fluctuations(net: MLP, g: Tensor) -> dict[str, Tensor]:
     zero = torch.zeros((g.shape[0],) * 4, dtype=torch.float64)
-    return {k: zero for k in ("D", "F", "A", "B")}
+    out = {k: zero for k in ("D", "F", "A", "B")}
+    if net.residual:
+        out |= _residual_first(g)
+    return out
 
 
 FLUCTUATIONS = Recursion(
@@ -375,7 +643,7 @@ def ntk_fluctuations(
     >>> fl = pdlt.ntk_fluctuations(net, np.ones((1, 4)))
     >>> fl.A[:, 0, 0, 0, 0]        # 0, 13, 61, 166, 350
     """
-    xt = fluctuation_inputs(net, x, "ntk_fluctuations")
+    xt = fluctuation_inputs(net, x, "ntk_fluctuations", residual_inputs=1)
     N = xt.shape[0]
     with warnings.catch_warnings(record=True) as caught:  # one warning per kind, not per layer
         warnings.simplefilter("always")

@@ -282,6 +282,14 @@ def path_response(
     return torch.einsum("hri,hriq->q", lam, dE)
 
 
+def extended_path(path_g: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """The path of layer ℓ+1 through a residual step γ: (g_{m,ℓ+1} for the layers m of the
+    path of layer ℓ and m = ℓ, the mask of those kept, |g| > cutoff). Every recursion that
+    carries per-layer path coefficients drops the same layers."""
+    g = torch.cat([path_g * gamma, torch.tensor([gamma], dtype=_DTYPE)])
+    return g, g.abs() > _PATH_CUTOFF
+
+
 def _empty_path(N: int) -> dict[str, Tensor]:
     P = N * (N + 1) // 2
     return {
@@ -345,8 +353,7 @@ def residual_vertex_step(
     if gamma == 0.0:
         path = _empty_path(m.N)
     else:
-        g = torch.cat([prev.path_g * gamma, torch.tensor([gamma], dtype=_DTYPE)])
-        keep = g.abs() > _PATH_CUTOFF
+        g, keep = extended_path(prev.path_g, gamma)
         path = {
             "path_K": torch.cat([prev.path_K, m.K[None]])[keep],
             "path_g": g[keep],
