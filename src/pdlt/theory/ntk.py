@@ -395,7 +395,11 @@ def _path_rule(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> tuple[
     cross = path_g * Km
     cov = torch.stack([torch.stack([Km, cross], -1), torch.stack([cross, K.expand_as(Km)], -1)], -2)
     q = nodes_per_piece(float(torch.sqrt(torch.cat([Km, K.reshape(1)]).max())))
-    rule = split_rule(cov, act.kinks, q)
+    if act.kinks:  # the kink cuts halve the pieces: as many nodes per unit length at q/2
+        q = max(32, -(-q // 64) * 32)
+    # shadow cuts only for nearly parallel (z^{(m)}, z^{(ℓ)}) (|g|√(K_m/K) → 1 as γ → 1)
+    rho = (path_g.abs() * torch.sqrt(Km / K)).max() if Km.numel() else 0.0
+    rule = split_rule(cov, act.kinks, q, shadows=bool(rho > 0.9))
     return rule.z[..., 0], rule.z[..., 1], rule.w
 
 

@@ -1,0 +1,161 @@
+"""NTK fluctuations D, F, A, B of residual MLPs (one input; each neuron's path through the skips,
+pdlt.theory.ntk): the γ → 0 limit is the book's plain recursion, layer 2 is exact at O(1/n_1),
+and Monte Carlo on real torch networks at two widths (slow).
+
+Tolerances as in tests/test_ntk_mc.py: layer 2 is exact at O(1/n_1) (|z| ≤ 4.5 over ≤ 8
+entries); deeper layers at each width within pdlt.agreement (4 SE + 2(ℓ/n)·|theory|, the
+neglected O(1/n²) of a 1/n statistic), and the Richardson extrapolation 2X(2n) − X(n) within
+4 SE + 2(ℓ/n)²|theory|."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pdlt
+from pdlt.compare import agreement
+
+X1 = np.array([[1.0, -0.4]])
+STATS = ("A", "B", "D", "F")
+
+
+def _diag(t: np.ndarray) -> np.ndarray:
+    return t[:, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "gelu"])
+def test_vanishing_skip_is_the_plain_recursion(act):
+    """γ = 1e-300 on every layer runs the residual path recursion (every term of the derivation,
+    with the path cut at each layer) and must give the plain recursion of the book (§8.3–8.4),
+    computed by a different formula, to round-off: C_b, λ's ≠ 1 so that no term vanishes."""
+    kw = dict(C_W=1.3, C_b=0.2, lambda_b=0.6, lambda_W=1.4)
+    plain = pdlt.MLP(act, 5, 16, 2, output_dim=16, **kw)
+    res = pdlt.MLP(act, 5, 16, 2, output_dim=16, skip=1e-300, **kw)
+    assert res.residual
+    a, b = pdlt.ntk_fluctuations(plain, X1), pdlt.ntk_fluctuations(res, X1)
+    for s in STATS:
+        ref = getattr(a, s)
+        assert np.abs(ref[1:]).min() > 1e-4  # every statistic is nonzero past layer 1
+        assert np.allclose(getattr(b, s), ref, rtol=1e-12, atol=1e-14), s
+
+
+def test_residual_layers_after_plain_ones_keep_the_plain_prefix():
+    """Skips only on the last two layers: layers 1–4 are the plain network's to round-off,
+    layers 5–6 differ."""
+    kw = dict(C_W=1.0, C_b=0.1)
+    plain = pdlt.MLP("tanh", 6, 16, 2, output_dim=16, **kw)
+    res = pdlt.MLP("tanh", 6, 16, 2, output_dim=16, skip=[0, 0, 0, 0, 0.5, 0.5], **kw)
+    a, b = pdlt.ntk_fluctuations(plain, X1), pdlt.ntk_fluctuations(res, X1)
+    for s in STATS:
+        assert np.allclose(getattr(b, s)[:4], getattr(a, s)[:4], rtol=1e-12, atol=1e-14), s
+        assert not np.allclose(getattr(b, s)[4:], getattr(a, s)[4:], rtol=1e-3), s
+
+
+def test_multi_input_residual_is_refused():
+    net = pdlt.MLP("relu", 3, 8, 2, skip=0.5, C_W=1.5)
+    with pytest.raises(NotImplementedError, match="at most 1 input"):
+        pdlt.ntk_fluctuations(net, np.array([[1.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(NotImplementedError, match="residual"):
+        pdlt.dntk(net, X1)
+
+
+def test_deep_residual_path_cut(monkeypatch):
+    """Depth 48 at γ = 0.5: the path drops layers with |g| < 1e-13 (from ℓ ≈ 46; a dropped
+    layer's s = σσ' becomes its mean in F's form). The result equals the uncut recursion to
+    ~1e-10 and stays finite; A/Θ² grows about linearly (the ℓ/n regime)."""
+    import pdlt.theory.vertex as vertex
+
+    cp = pdlt.critical_point("relu", skip=0.5)
+    net = pdlt.MLP("relu", 48, 64, 2, output_dim=64, C_W=cp.C_W, C_b=cp.C_b, skip=0.5)
+    cut = pdlt.ntk_fluctuations(net, X1)
+    monkeypatch.setattr(vertex, "_PATH_CUTOFF", 0.0)
+    full = pdlt.ntk_fluctuations(net, X1)
+    for s in STATS:
+        assert np.isfinite(getattr(cut, s)).all()
+        assert np.allclose(getattr(cut, s), getattr(full, s), rtol=1e-10, atol=0), s
+    r = cut.normalized(width=1)["A/Theta^2"][:, 0]
+    slope = np.diff(r[20:])
+    assert (slope > 0).all() and slope.max() / slope.min() < 1.5
+
+
+@pytest.mark.parametrize("act,C_W", [("relu", 1.5), ("tanh", 0.75), ("gelu", 1.2)])
+def test_residual_layer_two_is_exact_at_two_widths(act, C_W):
+    """input_dim = width, so layer 2 is residual (γ = 0.5): z^{(1)} is exactly Gaussian and the
+    first-step skip terms (2γ²C_WΘ²⟨σ'²⟩ in B, γ²K²⟨X''⟩ in D, the γW σ'Ĥ cross term in F) are
+    exact at O(1/n_1) at any width."""
+    for width in (8, 24):
+        net = pdlt.MLP(act, 2, width, width, output_dim=width, C_W=C_W, C_b=0.1, skip=0.5)
+        x = np.linspace(-1.0, 1.2, width)[None, :]
+        th = pdlt.ntk_fluctuations(net, x)
+        ms = pdlt.measure(
+            net, x, 3000, seed=width, statistics=("ntk_fluctuations",), dtype="float64"
+        )
+        for s in STATS:
+            t, m, e = (_diag(getattr(o, k))[1] for o, k in ((th, s), (ms, s), (ms, s + "_err")))
+            assert abs(m - t) < 4.5 * e, (act, width, s, t, m, e)
+
+
+def _measure(net_of, x, widths, n_networks, seed):
+    th = pdlt.ntk_fluctuations(net_of(widths[0]), x)
+    ms = [
+        pdlt.measure(
+            net_of(w),
+            x,
+            n_networks,
+            seed=seed + w,
+            statistics=("ntk_fluctuations",),
+            dtype="float64",
+        )  # fmt: skip
+        for w in widths
+    ]
+    return th, ms
+
+
+def _check_two_widths(net_of, x, widths, n_networks, seed=0):
+    """At each width: pdlt.agreement (4 SE + 2(ℓ/n)·scale). Extrapolated 2X(2n) − X(n): within
+    4 SE + 2(ℓ/n)²|theory|. Returns the theory and the measurements for messages."""
+    th, ms = _measure(net_of, x, widths, n_networks, seed)
+    for w, m in zip(widths, ms, strict=True):
+        table = pdlt.compare(pdlt.ntk_fluctuations(net_of(w), x), m, statistics=STATS)
+        ok = agreement(table, net_of(w))
+        assert ok.all(), (w, table[~ok])
+    ell = np.arange(1, th.A.shape[0] + 1)
+    for s in STATS:
+        t = _diag(getattr(th, s))
+        (a, b), (ea, eb) = ([_diag(getattr(m, k)) for m in ms] for k in (s, s + "_err"))
+        ext, err = 2 * b - a, np.sqrt(4 * eb**2 + ea**2)
+        bound = 4 * err + 2 * (ell / widths[0]) ** 2 * np.abs(t) + 1e-12
+        assert (np.abs(ext - t) <= bound).all(), (s, t, a, b, ext, err)
+    return th, ms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_critical_residual_mc_two_widths(act):
+    """γ = 0.5 at the residual critical point, depth 5, one input, n = 32 and 64, 20000
+    networks each. For ReLU the per-neuron path terms carry A and D: without the cross-layer
+    covariances A^{(5)} would be 159 instead of 282 (measured ≈ 282 ± 11 extrapolated)."""
+    cp = pdlt.critical_point(act, skip=0.5)
+
+    def net_of(w):
+        return pdlt.MLP(act, 5, w, 1, output_dim=w, C_W=cp.C_W, C_b=cp.C_b, skip=0.5)
+
+    th, ms = _check_two_widths(net_of, [[1.0]], (32, 64), 20000, seed=5)
+    if act == "relu":  # the path terms are not small: A without them is 0.56 × theory
+        a32, a64 = (_diag(m.A)[-1] for m in ms)
+        assert abs(2 * a64 - a32 - _diag(th.A)[-1]) < 0.2 * _diag(th.A)[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
+def test_mixed_skips_mc_two_widths(act):
+    """Per-layer γ = (0.5, 0.7, plain, 0.6, plain output), C_b = 0.1, λ_b = 0.6, λ_W = 1.3,
+    C_W = 0.8 (off criticality), n = 32 and 64, 20000 networks each."""
+
+    def net_of(w):
+        return pdlt.MLP(
+            act, 6, w, 2, output_dim=2, C_W=0.8, C_b=0.1, lambda_b=0.6, lambda_W=1.3,
+            skip=[0, 0.5, 0.7, 0, 0.6, 0],
+        )  # fmt: skip
+
+    _check_two_widths(net_of, X1, (32, 64), 20000, seed=100)
