@@ -262,7 +262,8 @@ def require_plain(net: MLP, what: str) -> None:
     if net.residual:
         raise NotImplementedError(
             f"{what} is not derived for residual MLPs yet (skip = {list(net.skip)}); "
-            "kernel, four_point_vertex, kernel_correction, metric and ntk are"
+            "kernel, four_point_vertex, kernel_correction, metric, ntk and (one input) "
+            "ntk_fluctuations are"
         )
 
 

@@ -620,7 +620,14 @@ def ntk_fluctuations(
 
     Computed by the coupled layer-to-layer recursions (with the four-point vertex V of
     :func:`pdlt.four_point_vertex`, book §4.3) from A = B = D = F = V = 0 at layer 1, so layer 2
-    is exact at O(1/n_1). Two-point means and all Stein projections are 1- or 2-D kink-split
+    is exact at O(1/n_1).
+
+    Residual MLPs (``net.skip``): one input, by the per-neuron path recursion derived above
+    :func:`residual_fluctuation_step` (each neuron's influence χ on the shared NTK beside its
+    influence ψ on the shared kernel, and the path-conditional forms of n E[Ĥ_ik²] and
+    n E[Ĥ_ik]); A, B, D, F are then the distinct-neuron moments of the class docstring
+    (n Cov(Ĥ_ii, Ĥ_kk), n E[Ĥ_ik²], n Cov(Ĥ_ii, z_k²), n E[Ĥ_ik z_i z_k]). More than one
+    input raises NotImplementedError (the multi-input path terms are not derived). Two-point means and all Stein projections are 1- or 2-D kink-split
     Gauss–Legendre quadratures over one pair of inputs (derivatives of kinked σ enter through
     Stein's lemma, so ReLU is exact); four-point functions over three or four distinct inputs use
     the cubature of :func:`pdlt.gaussian.expect_product` (≲1e-7 smooth σ, ≲1e-6 kinked σ).
