@@ -25,7 +25,9 @@ tangents of the backward signal, propagated down:
 
     J_a   = (J_a W) σ'_a,     J̇_ab = (J̇_ab W + (λ_W/n)(J_a·J_b) h_{δ_b}) σ'_a + (J_a W) σ''_a ż_b,
 
-and likewise J̈. Every tensor is then a sum over layers of Gram products of these vectors with
+and likewise J̈; a residual layer l (z^{(l)} = b + Wσ(z^{(l−1)}) + γz^{(l−1)}, book eq. B.3) adds
+γJ^{(l)} to J^{(l−1)} (so γJ̇, γJ̈ to their tangents) and γż^{(l−1)}, γż̇^{(l−1)} to the forward
+tangents. Every tensor is then a sum over layers of Gram products of these vectors with
 the metric Λ (λ_b on the bias part, λ_W/n_{ℓ'−1} on the weight part), computed with batched
 matmuls over networks × directions. Cost per layer ~ K³ n_ℓ'² for the ddNTKs (K = neurons ×
 inputs), against a nested-autograd cost that grows with the number of parameters.
@@ -183,6 +185,8 @@ def chunk_dntk(
     for lp in range(ell - 1, 0, -1):
         g[lp] = torch.bmm(J[lp + 1], chunk.W[lp])
         J[lp] = g[lp] * _at_directions(sig[lp][0], d)
+        if net.skip[lp] != 0.0:  # residual layer lp+1: ∂z^{(lp+1)}/∂z^{(lp)} = Wσ' + γ·1 (B.3)
+            J[lp] = J[lp] + net.skip[lp] * J[lp + 1]
 
     # forward tangents ż_b^{(l)}_{;δ}: (B, n_l, K, N) and, for dd_I, ż_bc: (B, n_l, K, K, N);
     # hd[l], hdd[l] are the activation tangents ḣ^{(l)}, ḧ^{(l)} (absent at l = 0: x is fixed)
@@ -198,6 +202,8 @@ def chunk_dntk(
         else:
             up = torch.bmm(chunk.W[lp - 1], hd[lp - 1].reshape(B, net.widths[lp - 1], K * N))
             zd[lp] = up.view(B, n, K, N) + local
+            if net.skip[lp - 1] != 0.0:  # residual: ż^{(l)} gains γ ż^{(l−1)}
+                zd[lp] = zd[lp] + net.skip[lp - 1] * zd[lp - 1]
         s1, s2, _ = sig[lp]
         hd[lp] = s1[:, :, None, :] * zd[lp]
         if not ddntk:
@@ -211,6 +217,8 @@ def chunk_dntk(
             m = torch.einsum("bpk,bpcd->bkcd", h[lp - 1][:, :, d.delta], hd[lp - 1])
             cross = rate[lp] * torch.einsum("bkcd,bkp->bpkcd", m, J[lp])
             zdd[lp] = up.view(B, n, K, K, N) + cross + cross.transpose(2, 3)
+            if net.skip[lp - 1] != 0.0:
+                zdd[lp] = zdd[lp] + net.skip[lp - 1] * zdd[lp - 1]
         hdd[lp] = (
             s2[:, :, None, None, :] * zd[lp][:, :, :, None, :] * zd[lp][:, :, None, :, :]
             + s1[:, :, None, None, :] * zdd[lp]
@@ -269,6 +277,9 @@ def chunk_dntk(
         gd += rate[lp] * GJJ[:, :, :, None] * hKT[:, None]
         zsel = zd[lp - 1][:, :, :, d.delta].permute(0, 3, 2, 1)  # [a, b, p] = ż_{b;δ_a}
         Jd_next = gd * s1[:, :, None] + (ga * s2)[:, :, None] * zsel
+        gamma = net.skip[lp - 1]  # residual layer lp: J^{(lp−1)} gains γ J^{(lp)}, so J̇, J̈ too
+        if gamma != 0.0:
+            Jd_next = Jd_next + gamma * Jd
         if ddntk:
             gdd = torch.bmm(Jdd.reshape(B, K**3, n_l), W).view(B, K, K, K, -1)
             gdd += rate[lp] * (
@@ -282,6 +293,7 @@ def chunk_dntk(
                 + gd[:, :, None, :] * (s2[:, :, None] * zsel)[:, :, :, None]
                 + (ga * s3)[:, :, None, None] * zsel[:, :, :, None] * zsel[:, :, None, :]
                 + (ga * s2)[:, :, None, None] * zzsel
+                + (gamma * Jdd if gamma != 0.0 else 0.0)
             )
         Jd = Jd_next
     out = {"H": H.view(B, k, N, k, N).permute(0, 1, 3, 2, 4)}
