@@ -51,6 +51,30 @@ def test_residual_layers_after_plain_ones_keep_the_plain_prefix():
         assert not np.allclose(getattr(b, s)[4:], getattr(a, s)[4:], rtol=1e-3), s
 
 
+@pytest.mark.parametrize("name", ["relu", "tanh", "gelu", "elu"])
+def test_path_moments_agree_with_the_vertex_engine(name):
+    """The 2-D kink-split rule of the NTK path moments and the vertex's four-point cubature
+    (pdlt.gaussian.expect_product) give the same cross-layer Cov(σ²(z^{(m)}), σ²(z^{(ℓ)}));
+    and Stein's lemma E[s(z^{(m)}) z^{(ℓ)}] = g K_m ⟨s'⟩ for s = σσ'."""
+    import torch
+
+    from pdlt.gaussian import LayerMoments
+    from pdlt.theory.ntk import path_moments
+    from pdlt.theory.vertex import path_covariance
+
+    act = pdlt.activation(name)
+    pK = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)[:, None, None]
+    pg = torch.tensor([0.9, 0.5, 0.25], dtype=torch.float64)
+    K = torch.tensor([[1.7]], dtype=torch.float64)
+    mine = path_moments(act, pK, pg, K[0, 0])
+    moments = [LayerMoments(act, k.reshape(1, 1)) for k in pK[:, 0, 0]]
+    pss = torch.stack([m.ss.reshape(1) for m in moments])
+    ref = path_covariance(act, pK, pg, pss, K, LayerMoments(act, K).ss.reshape(1), 1e-10)
+    torch.testing.assert_close(mine["ss_ss"], ref[:, 0, 0], rtol=1e-9, atol=1e-11)
+    P1 = torch.stack([m.fluctuation_terms["P1"][0, 0, 0] for m in moments])
+    torch.testing.assert_close(mine["s_z"], pg * pK[:, 0, 0] * P1, rtol=1e-9, atol=1e-11)
+
+
 def test_multi_input_residual_is_refused():
     net = pdlt.MLP("relu", 3, 8, 2, skip=0.5, C_W=1.5)
     with pytest.raises(NotImplementedError, match="at most 1 input"):
