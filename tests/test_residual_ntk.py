@@ -1,6 +1,7 @@
-"""NTK fluctuations D, F, A, B of residual MLPs (one input; each neuron's path through the skips,
-pdlt.theory.ntk): the γ → 0 limit is the book's plain recursion, layer 2 is exact at O(1/n_1),
-and Monte Carlo on real torch networks at two widths (slow).
+"""NTK fluctuations D, F, A, B and dNTK statistics P, Q of residual MLPs (one input; each
+neuron's path through the skips, pdlt.theory.ntk and pdlt.theory.dntk): the γ → 0 limit is the
+book's plain recursion, layer 2 is exact at O(1/n_1), and Monte Carlo on real torch networks at
+two widths (slow).
 
 Tolerances as in tests/test_ntk_mc.py: layer 2 is exact at O(1/n_1) (|z| ≤ 4.5 over ≤ 8
 entries); deeper layers at each width within pdlt.agreement (4 SE + 2(ℓ/n)·|theory|, the
@@ -79,26 +80,29 @@ def test_multi_input_residual_is_refused():
     net = pdlt.MLP("relu", 3, 8, 2, skip=0.5, C_W=1.5)
     with pytest.raises(NotImplementedError, match="at most 1 input"):
         pdlt.ntk_fluctuations(net, np.array([[1.0, 0.0], [0.0, 1.0]]))
+    with pytest.raises(NotImplementedError, match="at most 1 input"):
+        pdlt.dntk(net, np.array([[1.0, 0.0], [0.0, 1.0]]))
     with pytest.raises(NotImplementedError, match="residual"):
-        pdlt.dntk(net, X1)
+        pdlt.ntk_correction(net, X1)
 
 
 def test_deep_residual_path_cut(monkeypatch):
-    """Depth 48 at γ = 0.5: the path drops layers with |g| < 1e-13 (from ℓ ≈ 46; a dropped
-    layer's s = σσ' becomes its mean in F's form). The result equals the uncut recursion to
-    ~1e-10 and stays finite; A/Θ² grows about linearly (the ℓ/n regime)."""
+    """Depth 30 at γ = 0.3: the path drops layers with |g| < 1e-13 (from ℓ ≈ 27; a dropped
+    layer's s, u, t, σ'² become their means in the forms of F, P and Q). B, F, P, Q equal the
+    uncut recursion to ~1e-10; A, D stay finite and A/Θ² grows about linearly."""
     import pdlt.theory.vertex as vertex
 
-    cp = pdlt.critical_point("relu", skip=0.5)
-    net = pdlt.MLP("relu", 48, 64, 2, output_dim=64, C_W=cp.C_W, C_b=cp.C_b, skip=0.5)
-    cut = pdlt.ntk_fluctuations(net, X1)
+    cp = pdlt.critical_point("relu", skip=0.3)
+    net = pdlt.MLP("relu", 30, 64, 2, output_dim=64, C_W=cp.C_W, C_b=cp.C_b, skip=0.3)
+    fl = pdlt.ntk_fluctuations(net, X1)
+    cut = pdlt.dntk(net, X1)
     monkeypatch.setattr(vertex, "_PATH_CUTOFF", 0.0)
-    full = pdlt.ntk_fluctuations(net, X1)
-    for s in STATS:
-        assert np.isfinite(getattr(cut, s)).all()
+    full = pdlt.dntk(net, X1)
+    for s in ("B", "F", "P", "Q"):
         assert np.allclose(getattr(cut, s), getattr(full, s), rtol=1e-10, atol=0), s
-    r = cut.normalized(width=1)["A/Theta^2"][:, 0]
-    slope = np.diff(r[20:])
+    assert np.allclose(cut.B, fl.B, rtol=1e-12) and np.isfinite(fl.D).all()
+    r = fl.normalized(width=1)["A/Theta^2"][:, 0]
+    slope = np.diff(r[10:])
     assert (slope > 0).all() and slope.max() / slope.min() < 1.5
 
 
@@ -183,3 +187,85 @@ def test_mixed_skips_mc_two_widths(act):
         )  # fmt: skip
 
     _check_two_widths(net_of, X1, (32, 64), 20000, seed=100)
+
+
+# --------------------------------------------------------------------------------------------
+# the dNTK (book ch. 11) of residual MLPs
+
+DSTATS = ("P", "Q")
+
+
+@pytest.mark.parametrize("act", ["tanh", "relu", "gelu"])
+def test_dntk_vanishing_skip_is_the_plain_recursion(act):
+    """γ = 1e-300 runs the residual dNTK path recursion; it must be the book's eq. 11.49, 11.52
+    (a different formula) to round-off."""
+    kw = dict(C_W=1.3, C_b=0.2, lambda_b=0.6, lambda_W=1.4)
+    a = pdlt.dntk(pdlt.MLP(act, 5, 16, 2, output_dim=16, **kw), X1)
+    b = pdlt.dntk(pdlt.MLP(act, 5, 16, 2, output_dim=16, skip=1e-300, **kw), X1)
+    assert np.abs(a.Q[1:]).min() > 1e-3
+    for s in DSTATS:
+        assert np.allclose(getattr(b, s), getattr(a, s), rtol=1e-12, atol=1e-14), s
+
+
+@pytest.mark.parametrize("act,C_W", [("tanh", 0.75), ("gelu", 1.2)])
+def test_residual_dntk_layer_two_is_exact(act, C_W):
+    """input_dim = width so layer 2 is residual (γ = 0.5): P, Q of layer 2 are exact at O(1/n_1)
+    (the first-step skip terms γλ_WΘ s, γC_WΘ² σ'σ'' in κ; C_Wγ²Θ² σσ'' in p)."""
+    for width in (8, 24):
+        net = pdlt.MLP(act, 2, width, width, output_dim=width, C_W=C_W, C_b=0.1, skip=0.5)
+        x = np.linspace(-1.0, 1.2, width)[None, :]
+        th = pdlt.dntk(net, x)
+        ms = pdlt.measure(net, x, 4000, seed=width, statistics=("dntk",), dtype="float64")
+        for s in DSTATS:
+            t, m, e = (_diag(getattr(o, k))[1] for o, k in ((th, s), (ms, s), (ms, s + "_err")))
+            assert abs(m - t) < 4.5 * e, (act, width, s, t, m, e)
+
+
+def _check_dntk_two_widths(net_of, x, n_networks, seed):
+    """At each width within 4 SE + 2(ℓ/n)·S, the Richardson extrapolation within
+    4 SE + 2(ℓ/n)²·S, S = max(|P|, |Q|) of the layer (so that a statistic that is 0 at this
+    order, ReLU's P, gets the size of the layer's dNTK correlations)."""
+    widths = (32, 64)
+    th = pdlt.dntk(net_of(widths[0]), x)
+    ms = [
+        pdlt.measure(net_of(w), x, n_networks, seed=w + seed, statistics=("dntk",),
+                     dtype="float64")
+        for w in widths
+    ]  # fmt: skip
+    ell = np.arange(1, th.P.shape[0] + 1)
+    S = np.maximum(np.abs(_diag(th.P)), np.abs(_diag(th.Q)))
+    for s in DSTATS:
+        t = _diag(getattr(th, s))
+        (a, b), (ea, eb) = ([_diag(getattr(m, k)) for m in ms] for k in (s, s + "_err"))
+        for v, e, w in ((a, ea, 32), (b, eb, 64)):
+            assert (np.abs(v - t) <= 4 * e + 2 * (ell / w) * S + 1e-12).all(), (s, w, t, v, e)
+        ext, err = 2 * b - a, np.sqrt(4 * eb**2 + ea**2)
+        assert (np.abs(ext - t) <= 4 * err + 2 * (ell / 32) ** 2 * S + 1e-12).all(), (s, t, ext)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["tanh", "relu", "gelu"])
+def test_critical_residual_dntk_mc_two_widths(act):
+    """γ = 0.5 at the residual critical point, depth 5, one input, n = 32 and 64, 8000 networks
+    each (ReLU's P is 0 at this order: σ'' = 0; measured n·P falls like 1/n)."""
+    cp = pdlt.critical_point(act, skip=0.5)
+
+    def net_of(w):
+        return pdlt.MLP(act, 5, w, 1, output_dim=w, C_W=cp.C_W, C_b=cp.C_b, skip=0.5)
+
+    _check_dntk_two_widths(net_of, [[1.0]], 8000, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["tanh", "gelu"])
+def test_mixed_skips_dntk_mc_two_widths(act):
+    """Per-layer γ = (0.5, 0.7, plain, 0.6, plain output), C_b = 0.1, λ_b = 0.6, λ_W = 1.3,
+    C_W = 0.8, n = 32 and 64, 8000 networks each."""
+
+    def net_of(w):
+        return pdlt.MLP(
+            act, 6, w, 2, output_dim=2, C_W=0.8, C_b=0.1, lambda_b=0.6, lambda_W=1.3,
+            skip=[0, 0.5, 0.7, 0, 0.6, 0],
+        )  # fmt: skip
+
+    _check_dntk_two_widths(net_of, X1, 8000, seed=3)

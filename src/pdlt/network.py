@@ -263,7 +263,7 @@ def require_plain(net: MLP, what: str) -> None:
         raise NotImplementedError(
             f"{what} is not derived for residual MLPs yet (skip = {list(net.skip)}); "
             "kernel, four_point_vertex, kernel_correction, metric, ntk and (one input) "
-            "ntk_fluctuations are"
+            "ntk_fluctuations and dntk are"
         )
 
 

@@ -403,6 +403,33 @@ def _path_rule(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> tuple[
     return rule.z[..., 0], rule.z[..., 1], rule.w
 
 
+def _path_function(act: object, name: str):  # noqa: ANN202
+    """The per-neuron functions of the residual path recursions: 1, z, σ², σ'², s = σσ',
+    u = σσ'', t = σ'σ'' (σ'' the explicit derivative, zero for ReLU, as the measurement uses)."""
+    f0, f1 = act.derivative(0), act.derivative(1)
+    f2 = act.derivative(2)
+    return {
+        "1": torch.ones_like,
+        "z": lambda x: x,
+        "ss": lambda x: f0(x) ** 2,
+        "dd": lambda x: f1(x) ** 2,
+        "s": lambda x: f0(x) * f1(x),
+        "u": lambda x: f0(x) * f2(x),
+        "t": lambda x: f1(x) * f2(x),
+    }[name]
+
+
+def path_expectations(
+    act: object, path_K: Tensor, path_g: Tensor, K: Tensor, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Tensor]:
+    """E[f(z^{(m)}) g(z^{(ℓ)})] along one path, one input, per earlier layer m (h,), for each
+    (f, g) of ``pairs`` (names of :func:`_path_function`; g = "1" gives the marginal ⟨f⟩_m)."""
+    u, v, w = _path_rule(act, path_K, path_g, K)
+    at_u = {f: _path_function(act, f)(u) for f in {f for f, _ in pairs}}
+    at_v = {g: _path_function(act, g)(v) for g in {g for _, g in pairs}}
+    return {(f, g): (w * at_u[f] * at_v[g]).sum(dim=1) for f, g in pairs}
+
+
 def path_moments(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> dict[str, Tensor]:
     """Cross-layer Gaussian expectations of one path, one input, per earlier layer m (h,):
     covariances ``ss_ss`` = Cov(σ²(z^{(m)}), σ²(z^{(ℓ)})), ``ss_dd``, ``dd_ss``, ``dd_dd``
