@@ -82,9 +82,10 @@ def test_covariance_after_one_step_is_the_exact_one_step_map():
 
 
 def test_fully_trained_limit():
-    """steps = ∞: the training inputs are fitted by every network, so the mean correction and
-    every covariance involving a training input vanish; it is the limit of many steps; and
-    at infinite width steps = ∞ is the fully trained kernel prediction (time = ∞)."""
+    """steps = ∞ (closed form): the training inputs are fitted by every network, so the mean
+    correction and every covariance involving a training input vanish; it is the limit of
+    many steps (the step recursion, to 1e-10); and at infinite width steps = ∞ is the fully
+    trained kernel prediction (time = ∞)."""
     net = _net(16)
     eta = 0.3  # ηλ(Θ̃) in (0.13, 0.32): converges in a few hundred steps
     c_inf, cov_inf = trained_covariance_correction(
@@ -98,6 +99,18 @@ def test_fully_trained_limit():
     assert np.allclose(c_inf, c_many, rtol=0, atol=1e-10)
     assert np.allclose(cov_inf, cov_many, rtol=0, atol=1e-10)
     assert np.allclose(c_inf, trained_mean_correction(net, X_A, Y, X_B, eta, math.inf))
+    # two outputs: Θ̃ ⊗ 1 has degenerate eigenvalues, which the closed form must survive
+    net2 = _net(16, output_dim=2)
+    y2 = np.array([[1.0, 0.3], [-0.8, 0.5]])
+    c2_inf, cov2_inf = trained_covariance_correction(
+        net2, X_A, y2, X_B, eta, math.inf, return_mean=True
+    )
+    c2_many, cov2_many = trained_covariance_correction(
+        net2, X_A, y2, X_B, eta, 600, return_mean=True
+    )
+    assert np.allclose(c2_inf, c2_many, rtol=0, atol=1e-10)
+    assert np.allclose(cov2_inf, cov2_many, rtol=0, atol=1e-10)
+    assert np.allclose(cov2_inf[:2], 0.0, atol=1e-12)
     m_steps = pdlt.NTKRegressor(net, steps=math.inf, learning_rate=eta).fit(X_A, Y)
     m_time = pdlt.NTKRegressor(net).fit(X_A, Y)
     mean_s, cov_s = m_steps.predict(X_B, return_cov=True)

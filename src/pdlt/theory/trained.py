@@ -51,11 +51,6 @@ import numpy as np
 
 from pdlt.network import MLP, validate_inputs
 
-# t = ∞ is summed until every geometric factor, times the polynomial growth of the nested time
-# sums, is below this (relative); the cap guards against ηλ_min(Θ̃) so small that it never is.
-_INFINITE_TOL = 1e-17
-_INFINITE_MAX_STEPS = 10**6
-
 
 def _three(n_L: int, x1, x2, x3) -> np.ndarray:
     """δ_{i0i1}δ_{i2i3} x1 + δ_{i0i2}δ_{i1i3} x2 + δ_{i0i3}δ_{i1i2} x3 as (n_L N)^4, flattened
@@ -137,28 +132,83 @@ def _statistics(net: MLP, XA: np.ndarray, XB: np.ndarray) -> _Statistics:
     )
 
 
-def _step_count(Th_AA: np.ndarray, eta: float, steps: float) -> int:
-    """The steps to run: ``steps`` itself, or for t = ∞ enough that every remaining term,
-    u^s times the at most cubic growth in s of the nested time sums (u = max|1 − ηλ| over
-    Θ̃'s eigenvalues λ), is below :data:`_INFINITE_TOL`."""
-    if not math.isinf(steps):
-        return int(steps)
-    lam = np.linalg.eigvalsh(Th_AA)
-    u = float(np.max(np.abs(1.0 - eta * lam)))
-    if not u < 1.0:
+def _converging_modes(Th_AA: np.ndarray, eta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Θ̃'s eigenvectors V and the factors u = 1 − ηλ of U = 1 − ηΘ̃ = V diag(u) Vᵀ, checked
+    to make every time sum converge (0 < ηλ < 2)."""
+    lam, V = np.linalg.eigh(Th_AA)
+    if not (eta * lam.min() > 0 and eta * lam.max() < 2):
         raise ValueError(
             "steps=inf needs gradient descent to converge, 0 < ηλ < 2 for every eigenvalue λ "
             f"of the training NTK Θ̃; got ηλ in [{eta * lam.min():.3g}, {eta * lam.max():.3g}]"
         )
-    s = 1
-    while s * math.log(u) + 3 * math.log(s + 1) > math.log(_INFINITE_TOL):
-        s += 1
-        if s > _INFINITE_MAX_STEPS:
-            raise ValueError(
-                f"steps=inf: ηλ_min(Θ̃) = {1 - u:.3g} is too small for the time sums to "
-                f"converge within {_INFINITE_MAX_STEPS} steps; raise the learning rate"
-            )
-    return s
+    return V, 1.0 - eta * lam
+
+
+def _fully_trained(
+    st: _Statistics, e0: np.ndarray, eta: float, covariance: bool
+) -> dict[str, np.ndarray]:
+    """:func:`_trajectory` at t = ∞ in closed form (book §∞.2.3 for the mean).
+
+    A source σ(s) of step s reaches time t through 𝓜^{t−1−s}, 𝓜 = 1 − ηΘ_{·A}, whose powers
+    tend to 𝓜^∞ = 1 − Θ_{·A}Θ̃^{-1} (training rows 0: the training set is fitted), so the
+    t = ∞ correction is 𝓜^∞ Σ_{s≥0} σ(s). In Θ̃'s eigenbasis U^s = diag(u^s), and every
+    source is a product of geometric factors over a chain of nested times s₁ < s₂ < … < s_k,
+    which sums to
+
+        Σ_{s} b^s = 1/(1 − b),   Σ_{s} b^s Σ_{s'<s} a^{s'} = b/((1 − b)(1 − ab)),
+        Σ_{s} c^s Σ_{s'<s} b^{s'} Σ_{s''<s'} a^{s''} = c/(1 − c) · bc/(1 − bc) · 1/(1 − abc),
+
+    with no division by differences of eigenvalues (degenerate ones, e.g. n_L ≥ 2, are fine).
+    The time sums of the residual products all take the form C(u…)·[k e0 + k e0 + k e0 +
+    e0 e0 e0] (``B3`` below: the Wick pairings of three residuals ε, E[ε] = e0 = −y in this
+    basis, E[εε]_c = K̃), which is what makes the closed form short."""
+    e4 = np.einsum
+    tr = st.tr
+    Th_DA, Th_AA = st.Th_DA, st.ntk
+    V, u = _converging_modes(Th_AA, eta)
+
+    def rot(x: np.ndarray, *slots: int) -> np.ndarray:
+        for k in slots:
+            x = np.moveaxis(np.tensordot(x, V, axes=([k], [0])), -1, k)
+        return x
+
+    C1 = lambda b: 1.0 / (1.0 - b)  # noqa: E731
+    C2 = lambda a, b: b / ((1.0 - b) * (1.0 - a * b))  # noqa: E731
+    ui, uj, ul = u[:, None, None], u[None, :, None], u[None, None, :]
+    e = e0 @ V  # (z, i)
+    k = V.T @ st.K_DD[np.ix_(tr, tr)] @ V
+    B3 = (
+        e4("ij,zl->zijl", k, e)
+        + e4("il,zj->zijl", k, e)
+        + e4("jl,zi->zijl", k, e)
+        + e4("zi,zj,zl->zijl", e, e, e)
+    )
+    c2 = C2(u[None, :], u[:, None])  # [q, r]: Σ_s u_q^s Σ_{s'<s} u_r^{s'}
+    S1 = e4("pi,zi->zp", st.Th1_DA @ V, e * C1(u))
+    S1 -= eta * e4(
+        "pqqr,zr->zp", rot(st.HH[:, :, tr, :], 1, 2, 3) * C1(u)[None, :, None, None], e * C1(u)
+    )
+    Dsym = rot(st.dzs[..., tr], 1, 2, 3)
+    S1 -= eta * (e4("pqrr,zq,qr->zp", Dsym, e, c2) + e4("pqrq,zr,qr->zp", Dsym, e, c2))
+    C3 = ul / (1 - ul) * (uj * ul) / (1 - uj * ul) / (1 - ui * uj * ul)  # chain t < r < q
+    S1 += eta**2 * e4("pqrt,ztrq->zp", rot(st.ddDs, 1, 2, 3), C3 * B3)
+    S1 += 0.5 * eta**2 * e4("pqru,zruq->zp", rot(st.ddL, 1, 2, 3), C2(ui * uj, ul) * B3)
+    dzA = rot(st.dz[..., tr], 1, 2, 3)
+    c1 = C1(u[:, None] * u[None, :])
+    S2 = 0.5 * eta**2 * (e4("pqrq,zr,qr->zp", dzA, e, c1) + e4("pqrr,zq,qr->zp", dzA, e, c1))
+    S2 -= 0.5 * eta**3 * e4("pqrt,ztqr->zp", rot(st.ddD, 1, 2, 3), C2(ui, uj * ul) * B3)
+    S3 = -(eta**3) / 6 * e4("pqru,zqru->zp", rot(st.ddI, 1, 2, 3), C1(ui * uj * ul) * B3)
+    Minf = np.eye(Th_DA.shape[0])
+    Minf[:, tr] -= Th_DA @ np.linalg.solve(Th_AA, np.eye(len(tr)))
+    out = {"c": (-eta * S1 + S2 + S3) @ Minf.T}
+    if covariance:
+        Ky = st.K_DD[np.ix_(tr, tr)] + np.outer(e0[0], e0[0])
+        ky = V.T @ Ky @ V
+        src = eta**2 * e4("pqvr,vq->pr", rot(st.dzs, 1, 2), ky * c2.T)
+        src += 0.5 * eta**2 * e4("pqvr,qv->pr", rot(st.dz, 1, 2), ky * c1)
+        SU = (V / (1.0 - u)) @ V.T  # Σ_s U^s = (ηΘ̃)^{-1}
+        out.update(Y=e4("pq,ab->pqab", Minf, SU), Tg=Minf @ src, SU=SU, Ky=Ky)
+    return out
 
 
 def _trajectory(
@@ -168,6 +218,8 @@ def _trajectory(
     initial mean residuals −y; returns the mean coefficients ``c`` (batch, n_L N_D) and, with
     ``covariance``, the trajectory pieces the covariance needs (for the first batch entry):
     ``Y`` = Σ_s M^{t−1−s} ⊗ U^s, ``Tg`` (the dNTK paired with z(0)), ``SU`` = Σ_s U^s."""
+    if math.isinf(steps):
+        return _fully_trained(st, e0, eta, covariance)
     e4 = np.einsum
     tr = st.tr
     Th_DA, Th_AA = st.Th_DA, st.ntk
@@ -191,7 +243,7 @@ def _trajectory(
         Y = np.zeros((mD, mD, mA, mA))
         Tg = np.zeros((mD, mD))
         eyeD = np.eye(mD)
-    for _ in range(_step_count(Th_AA, eta, steps)):
+    for _ in range(int(steps)):
         e = e0 @ Us.T
         C_SU = SU @ Kb @ Us
         C_ss = Us @ Kb @ Us
