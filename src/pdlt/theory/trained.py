@@ -1,5 +1,6 @@
-"""The mean output of networks trained by MSE gradient descent at O(1/n), after a given number
-of steps (book §∞.2.2; pdlt's derivation, step by step).
+"""The mean and covariance of networks trained by MSE gradient descent at O(1/n), after a given
+number of steps (book §∞.2.2; pdlt's derivation, step by step) or fully trained (t = ∞, book
+§∞.2.3, in closed form): :func:`trained_mean_correction`, :func:`trained_covariance_correction`.
 
 One step θ → θ − ηΛ∇L with L = ½Σ(z − y)² moves the outputs, the NTK and the dNTK by (ε = z − y on
 the training set, sums over training samples and output neurons implied)
@@ -110,17 +111,39 @@ def _statistics(net: MLP, XA: np.ndarray, XB: np.ndarray) -> _Statistics:
     HH = _three(n_L, fl.A[-1], e4("acbd->abcd", fl.B[-1]), e4("adbc->abcd", fl.B[-1]))
     DF = _three(n_L, fl.D[-1], e4("acbd->abcd", fl.F[-1]), e4("adbc->abcd", fl.F[-1]))
     tr = np.array([i * ND + a for i in range(n_L) for a in range(NA)])
-    allD = np.arange(n_L * ND)
+    I = np.eye(n_L)
+    flat = {"Theta": dd.Theta[-1], "Theta1": Th1, "K": dd.K[-1], "K1": K1}
+    flat = {k: np.kron(I, v) for k, v in flat.items()}
+    return _flat_statistics(tr, **flat, HH=HH, DF=DF, dz=dz, ddI=ddI, ddII=ddII)
+
+
+def _flat_statistics(
+    tr: np.ndarray,
+    *,
+    Theta: np.ndarray,
+    Theta1: np.ndarray,
+    K: np.ndarray,
+    K1: np.ndarray,
+    HH: np.ndarray,
+    DF: np.ndarray,
+    dz: np.ndarray,
+    ddI: np.ndarray,
+    ddII: np.ndarray,
+) -> _Statistics:
+    """:class:`_Statistics` from the full tensors on flattened (neuron, sample) slots of D:
+    (m, m) Θ, Θ1, K, K1 and (m, m, m, m) n E[ΔĤΔĤ], n E[ΔĤ z z]_c, n E[dĤ z], n E[dd_IĤ],
+    n E[dd_IIĤ] (also the entry point of the synthetic check of the expansion in the tests)."""
+    e4 = np.einsum
+    allD = np.arange(Theta.shape[0])
     sub = np.ix_(allD, tr, tr, tr)
     ddL = e4("pruq->pqru", ddI) + e4("qrup->pqru", ddI) + 2 * ddII
     ddD = e4("puqr->pqru", ddI) + ddII + e4("prqu->pqru", ddII)
-    I = np.eye(n_L)
     return _Statistics(
         tr=tr,
-        Th_DA=np.kron(I, dd.Theta[-1][:, :NA]),
-        Th1_DA=np.kron(I, Th1[:, :NA]),
-        K_DD=np.kron(I, dd.K[-1]),
-        K1_DD=np.kron(I, K1),
+        Th_DA=Theta[:, tr],
+        Th1_DA=Theta1[:, tr],
+        K_DD=K,
+        K1_DD=K1,
         HH=HH[np.ix_(allD, tr, allD, tr)],
         DF=DF[np.ix_(allD, tr, allD, tr)],
         dz=dz[np.ix_(allD, tr, tr, allD)],
@@ -340,7 +363,8 @@ def trained_mean_correction(
 ) -> np.ndarray:
     """n_{L−1}·(E[z(t)] − m⁰(t)) on the training inputs followed by the test inputs,
     ((N_A + N_B), n_L): the O(1/n) coefficient of the trained ensemble's mean (module doc;
-    book §∞.2.2, and §∞.2.3 for ``steps = math.inf``, the fully trained network).
+    book §∞.2.2, and §∞.2.3 for ``steps = math.inf``, the fully trained network, summed in
+    closed form).
     Test inputs must differ from the training inputs (the statistics need an invertible
     kernel); ``X_test=None`` gives the training inputs alone."""
     XA, XB, Y, steps = _inputs(net, X_train, y, X_test, steps)
@@ -391,14 +415,40 @@ def trained_covariance_correction(
 
         The four-point vertex V does not enter: the only O(1) map is linear in z(0), and every
         term nonlinear in z(0) already carries an O(1/n) factor; connected correlators with more
-        fields (E[ΔĤΔĤzz]_c, E[dĤ z z z]_c, ddNTK fluctuations) are O(1/n²). Exact limits:
-        t = 0 gives K1 (Cov = G exactly); t = 1 gives L K1 Lᵀ + η²E[ΔĤε ΔĤε] − η(E[z ΔĤ ε] +
-        transpose), the one-step map being exact.
+        fields (E[ΔĤΔĤzz]_c, E[dĤ z z z]_c, ddNTK fluctuations) are O(1/n²). Exact limits
+        (tests/test_trained_covariance.py): t = 0 gives K1 (Cov = G exactly); t = 1 the
+        one-step map z − ηĤε + (η²/2)dĤεε − (η³/6)dd_IĤεεε, exact, written out by hand; t = ∞
+        zero on every training input (each network fits it).
+
+        Against real networks (tanh, depth 3, C_W = 1.5, C_b = 0.2, the two training and one
+        test input of the mean's check, η = 0.02, antithetic float64 ensembles, the control
+        variate L(t)z(0) measured on the same networks): at t = 20 the six entries of
+        n·(Cov − Σ) − L K1 Lᵀ are (0.200, −0.034, 0.120, 0.173, 0.035, 0.088) ± (0.006, 0.004,
+        0.005, 0.006, 0.005, 0.006) at n = 16, (0.199, −0.021, 0.132, 0.174, 0.046, 0.095) ±
+        (0.009, 0.006, 0.006, 0.009, 0.005, 0.008) at n = 32 and (0.235, −0.038, 0.143, 0.184,
+        0.038, 0.109) ± (0.011, 0.008, 0.008, 0.014, 0.007, 0.010) at n = 64, against (0.228,
+        −0.027, 0.150, 0.197, 0.050, 0.102) (40000 networks each). At t = 200 the training
+        variances are almost all correction (Σ = 8e-5) with a large O(1/n²) term: n·ΔΣ =
+        0.056, 0.050, 0.036, 0.030 at n = 16, 32, 64, 128 (± 0.004 … 0.001) against 0.024; the
+        residual times n² is 0.5, 0.85, 0.77, 0.81 — the residual falls like 1/n², and a fit
+        a + b/n over n = 32 … 128 has intercept a ≈ 0.022–0.025. GELU (C_W = 1.9, C_b = 0.1,
+        η = 0.019) has larger 1/n² terms: at t = 20 the first training variance gives 0.224,
+        0.324, 0.341 ± 0.022 at n = 16, 32, 64 against 0.418 (at t = 5 all entries agree
+        within 1 se at n = 64).
     """
     XA, XB, Y, steps = _inputs(net, X_train, y, X_test, steps)
-    st = _statistics(net, XA, XB)
-    eta = float(learning_rate)
-    e0 = -Y.T.reshape(-1)
+    c, cov = _covariance(_statistics(net, XA, XB), -Y.T.reshape(-1), float(learning_rate), steps)
+    n_L, N = net.output_dim, XA.shape[0] + XB.shape[0]
+    cov = cov.reshape(n_L, N, n_L, N).transpose(1, 0, 3, 2)
+    return (c.reshape(n_L, N).T, cov) if return_mean else cov
+
+
+def _covariance(
+    st: _Statistics, e0: np.ndarray, eta: float, steps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mean's and the covariance's O(1/n) coefficients on flattened slots, (m,) and (m, m),
+    from the statistics and the initial mean residual e0 = −y (the assembly of
+    :func:`trained_covariance_correction`'s doc)."""
     mA, tr = e0.size, st.tr
     h = max(1.0, float(np.max(np.abs(e0))))
     shifts = np.concatenate([np.zeros((1, mA))] + [k * h * np.eye(mA) for k in (1, -1, 2, -2)])
@@ -413,7 +463,4 @@ def trained_covariance_correction(
     cov11 = eta**2 * np.einsum("pqab,PQAB,qaQA,bB->pP", Y4, Y4, st.HH, Ky, optimize=True)
     LE = L @ Ez.T
     cov = L @ st.K1_DD @ L.T + LE + LE.T + cov11
-    cov = 0.5 * (cov + cov.T)
-    n_L, N = net.output_dim, XA.shape[0] + XB.shape[0]
-    cov = cov.reshape(n_L, N, n_L, N).transpose(1, 0, 3, 2)
-    return (run["c"][0].reshape(n_L, N).T, cov) if return_mean else cov
+    return run["c"][0], 0.5 * (cov + cov.T)
