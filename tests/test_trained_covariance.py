@@ -138,6 +138,18 @@ def test_regressor_std_and_cov_agree():
     assert np.allclose(n_cov, trained_covariance_correction(net, X_A, Y, X_B, ETA, 20)[:, 0, :, 0])
 
 
+def test_regressor_covariance_in_pairs(monkeypatch):
+    """More test inputs than one block of the four-input statistics holds: the covariance is
+    assembled from pairs of test inputs, A ∪ {β1, β2}, and equals the one-block result."""
+    net = _net(16)
+    X_T = np.array([[0.5, 0.1, 0.3, -0.2], [-0.3, 0.8, 0.1, 0.4], [0.2, 0.2, -0.6, 0.1]])
+    reg = pdlt.NTKRegressor(net, steps=20, learning_rate=ETA, finite_width=True).fit(X_A, Y)
+    mean, cov = reg.predict(X_T, return_cov=True)  # one block of 2 + 3 inputs
+    monkeypatch.setattr(pdlt.theory.ntk, "MAX_FLUCTUATION_INPUTS", 4)  # blocks of 2 + 2
+    mean_p, cov_p = reg.predict(X_T, return_cov=True)
+    assert np.allclose(mean_p, mean, rtol=1e-12) and np.allclose(cov_p, cov, rtol=1e-12)
+
+
 def test_steps_bad_input():
     net = _net(16)
     with pytest.raises(ValueError, match="steps=inf needs"):

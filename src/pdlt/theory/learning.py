@@ -557,8 +557,9 @@ class NTKRegressor(_InfiniteWidthRegressor):
         §∞.2.2–∞.2.3): the kernel prediction plus the corrections of
         :mod:`pdlt.theory.trained` (the NTK's 1/n mean Θ1, its variance A, B and correlation
         with z(0) D, F, the kernel correction K1, the dNTK P, Q and the ddNTK R, S, T, U).
-        Needs ``net`` and ``steps`` (an int, or ``math.inf``); at most 7 training inputs, and
-        with ``return_cov`` at most 7 training and distinct test inputs together. The
+        Needs ``net`` and ``steps`` (an int, or ``math.inf``); at most 7 training inputs (the
+        four-input statistics' cost guard; with ``return_cov`` and many test inputs at most
+        6: they go in pairs). The
         covariance is per output (N_B, N_B, n_L), as the infinite-width one; the outputs'
         cross-covariance is in :func:`pdlt.theory.trained.trained_covariance_correction`.
 
@@ -639,7 +640,10 @@ class NTKRegressor(_InfiniteWidthRegressor):
         """The O(1/n) coefficients at X from :mod:`pdlt.theory.trained`: the mean's
         (N_B, n_L) and, for ``what`` = "std", the variance's (N_B, n_L), for "cov" the
         covariance's (N_B, n_L, N_B, n_L) (else None). Test inputs go in blocks that fit the
-        four-input statistics (one block for "cov": the cross-covariances need them together)."""
+        four-input statistics (:data:`pdlt.theory.ntk.MAX_FLUCTUATION_INPUTS` inputs, a cost
+        guard: they take O(N⁴) cubatures, ~1 min at 8 inputs). For "cov" with more test inputs
+        than one block holds, every pair of test inputs is a block of its own: the O(1/n)
+        terms of Cov[z_β1, z_β2] involve the statistics of A ∪ {β1, β2} alone."""
         from pdlt.theory.ntk import MAX_FLUCTUATION_INPUTS
         from pdlt.theory.trained import trained_covariance_correction, trained_mean_correction
 
@@ -651,11 +655,7 @@ class NTKRegressor(_InfiniteWidthRegressor):
         new = np.flatnonzero(~hit)
         block = MAX_FLUCTUATION_INPUTS - N_A
         if what == "cov" and new.size > block:
-            raise ValueError(
-                f"finite_width=True with return_cov=True supports at most {block} test inputs "
-                f"distinct from the {N_A} training inputs (its four-input statistics cost "
-                f"O(N⁴)), got {new.size}; use return_std=True for the variances alone"
-            )
+            return self._pairwise_covariance(X, same, new)
         c = np.empty((X.shape[0], n_L))
         var = np.empty((X.shape[0], n_L)) if what == "std" else None
         cov = None
@@ -683,6 +683,39 @@ class NTKRegressor(_InfiniteWidthRegressor):
         if var is not None:
             var[hit] = var_train[np.argmax(same[hit], axis=1)]
         return c, (var if what == "std" else cov)
+
+    def _pairwise_covariance(
+        self, X: np.ndarray, same: np.ndarray, new: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_finite_width` for "cov", one block per pair of new test inputs."""
+        from pdlt.theory.ntk import MAX_FLUCTUATION_INPUTS
+        from pdlt.theory.trained import trained_covariance_correction
+
+        XA, N_A, n_L = self.X_train_, self.X_train_.shape[0], self.net_.output_dim
+        if N_A + 2 > MAX_FLUCTUATION_INPUTS:
+            raise ValueError(
+                f"finite_width=True with return_cov=True and {N_A} training inputs supports one "
+                f"test input distinct from them (the four-input statistics take at most "
+                f"{MAX_FLUCTUATION_INPUTS} inputs), got {new.size}; use return_std=True"
+            )
+        m = N_A + new.size
+        full = np.zeros((m, n_L, m, n_L))
+        c_all = np.zeros((m, n_L))
+        every = range(n_L)
+        for i in range(new.size):
+            for j in range(i + 1, new.size):
+                part, f = trained_covariance_correction(
+                    self.net_, XA, self.y_train_, X[new[[i, j]]], self.learning_rate_,
+                    self.steps, return_mean=True,
+                )  # fmt: skip
+                idx = [*range(N_A), N_A + i, N_A + j]
+                full[np.ix_(idx, every, idx, every)] = f
+                c_all[idx] = part
+        hit = same.any(axis=1)
+        slot = np.empty(X.shape[0], dtype=int)
+        slot[new] = N_A + np.arange(new.size)
+        slot[hit] = np.argmax(same[hit], axis=1)
+        return c_all[slot], full[np.ix_(slot, every, slot, every)]
 
     def predict(self, X, return_std: bool = False, return_cov: bool = False):
         """Ensemble mean (and std or covariance over initializations) of the trained network at
