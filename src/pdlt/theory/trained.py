@@ -436,9 +436,9 @@ def trained_covariance_correction(
         0.324, 0.341 ± 0.022 at n = 16, 32, 64 against 0.418 (at t = 5 all entries agree
         within 1 se at n = 64). Fully trained (tanh, η = 0.05, 600 steps, ηλ_min t = 28;
         4000 networks): on the test input n·(Var − Var[L(∞)z(0)]) = 0.499 ± 0.024, 0.454 ±
-        0.035, 0.479 ± 0.053 at n = 16, 32, 64 against 0.3375 (= 0.3223 − L K1 Lᵀ) — NOT
-        resolved: the residual (0.16, 0.12, 0.14) does not visibly fall with n at this
-        precision, while the exact
+        0.035, 0.479 ± 0.053, 0.410 ± 0.071 at n = 16, 32, 64, 128 against 0.3375 (= 0.3223 −
+        L K1 Lᵀ) — not settled: the residual (0.16, 0.12, 0.14, 0.07) falls too slowly for
+        1/n² at this precision (consistent with it only from n = 64 on), while the exact
         synthetic check of the same algebra at t = ∞ agrees to 1 %; either a large O(1/n²)
         term (the dNTK's own variance n²E[dĤ²] ≈ 60–200 enters there) or an O(1/n) effect of
         long training outside the truncated dynamics of the module doc. The prediction
