@@ -56,9 +56,12 @@ def test_finite_width_regressor_bad_input():
         pdlt.NTKRegressor(net, finite_width=True).fit(X_A, Y)
     with pytest.raises(ValueError, match="needs a network"):
         pdlt.NTKRegressor(None, finite_width=True, steps=3).fit(X_A, Y)
-    reg = pdlt.NTKRegressor(net, finite_width=True, steps=3, learning_rate=ETA).fit(X_A, Y)
-    with pytest.raises(NotImplementedError, match="covariance"):
-        reg.predict(X_B, return_std=True)
+    pdlt.NTKRegressor(net, finite_width=True, steps=3, learning_rate=ETA).fit(X_A, Y)
+    seven = np.random.default_rng(0).normal(size=(9, 4))
+    big = pdlt.NTKRegressor(net, finite_width=True, steps=3, learning_rate=ETA)
+    big.fit(seven[:7], np.zeros(7))  # 7 + a pair of test inputs > 8 four-input slots
+    with pytest.raises(ValueError, match="return_cov"):
+        big.predict(seven[7:], return_cov=True)
     m0 = pdlt.NTKRegressor(net, steps=0, learning_rate=ETA, finite_width=True).fit(X_A, Y)
     assert np.allclose(m0.predict(X_ALL), 0.0)  # nothing trained: E[z] = 0 exactly
 

@@ -33,7 +33,7 @@ import pandas as pd
 import scipy.linalg
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, Options
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from pdlt.network import MLP, validate_inputs
@@ -189,6 +189,7 @@ def _training_projector(
     """M(t) with T(t) = Θ_BA M(t) (book §10.2.2–10.2.4), and the step size used.
 
     * ``steps``: discrete GD, M = Θ̃^{-1}[1 − (1 − ηΘ̃)^steps] (η defaults to 1/λ_max(Θ̃));
+      ``steps = math.inf``: its limit Θ̃^{-1}, which needs ηλ_max(Θ̃) < 2;
     * else gradient flow for ``time`` (in units of 1/η), M = Θ̃^{-1}[1 − e^{−η·time·Θ̃}];
     * ``time = inf``: M = Θ̃^{-1}, by Cholesky.
 
@@ -206,6 +207,14 @@ def _training_projector(
     lam = np.clip(lam, 0.0, None)
     if steps is not None:
         eta = 1.0 / lam_max if learning_rate is None else float(learning_rate)
+        if math.isinf(steps):
+            if eta * lam_max >= 2.0 or lam.min() <= 0:
+                raise ValueError(
+                    f"steps=inf needs gradient descent to converge on every mode, 0 < ηλ < 2 "
+                    f"for the eigenvalues λ of Θ̃; got ηλ in [{eta * lam.min():.3g}, "
+                    f"{eta * lam_max:.3g}]"
+                )
+            return (U / lam) @ U.T, eta
         if eta * lam_max >= 2.0:
             warnings.warn(
                 f"η λ_max(Θ̃) = {eta * lam_max:.3g} ≥ 2: gradient descent diverges on the top "
@@ -537,16 +546,22 @@ class NTKRegressor(_InfiniteWidthRegressor):
         the book's per-layer rates λ_b, λ_W/n_{ℓ−1} folded into Θ. For ``steps``: default
         1/λ_max(Θ̃). For gradient flow: multiplies ``time`` (default 1).
     steps:
-        Number of discrete GD steps; ``None`` for gradient flow for ``time``.
+        Number of discrete GD steps; ``math.inf`` for infinitely many (the fully trained
+        network of learning rate η: at infinite width the same as ``time = inf``, at finite
+        width it depends on η, book §∞.2.3); ``None`` for gradient flow for ``time``.
     time:
         Gradient-flow time (in units of 1/η); ``inf`` (default) is the fully trained network,
         the same for every convergent algorithm (§10.2.4).
     finite_width:
-        Predict the ensemble mean at the net's widths through O(1/n) (book §∞.2.2): the
-        kernel prediction plus the correction of :mod:`pdlt.theory.trained` (the NTK's 1/n
-        mean Θ1, its variance A, B, the dNTK P, Q and the ddNTK R, S, T, U). Needs ``net``
-        and ``steps``; at most 7 training inputs; the mean only (``return_std`` /
-        ``return_cov`` raise NotImplementedError: the O(1/n) covariance is not derived).
+        Predict the ensemble mean and covariance at the net's widths through O(1/n) (book
+        §∞.2.2–∞.2.3): the kernel prediction plus the corrections of
+        :mod:`pdlt.theory.trained` (the NTK's 1/n mean Θ1, its variance A, B and correlation
+        with z(0) D, F, the kernel correction K1, the dNTK P, Q and the ddNTK R, S, T, U).
+        Needs ``net`` and ``steps`` (an int, or ``math.inf``); at most 7 training inputs (the
+        four-input statistics' cost guard; with ``return_cov`` and many test inputs at most
+        6: they go in pairs). The
+        covariance is per output (N_B, N_B, n_L), as the infinite-width one; the outputs'
+        cross-covariance is in :func:`pdlt.theory.trained.trained_covariance_correction`.
 
     Attributes
     ----------
@@ -557,7 +572,11 @@ class NTKRegressor(_InfiniteWidthRegressor):
     _parameter_constraints: dict = {
         **_InfiniteWidthRegressor._parameter_constraints,
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), None],
-        "steps": [Interval(numbers.Integral, 0, None, closed="left"), None],
+        "steps": [
+            Interval(numbers.Integral, 0, None, closed="left"),
+            Options(numbers.Real, {math.inf}),
+            None,
+        ],
         "time": [Interval(numbers.Real, 0, None, closed="both")],
         "finite_width": ["boolean"],
     }
@@ -600,8 +619,9 @@ class NTKRegressor(_InfiniteWidthRegressor):
             raise ValueError("finite_width=True needs a network with its widths: pass net=...")
         if self.steps is None:
             raise ValueError(
-                "finite_width=True needs steps (discrete gradient descent): the O(1/n) mean is "
-                "derived step by step (book §∞.2.2); gradient flow and t = ∞ are not available"
+                "finite_width=True needs steps (discrete gradient descent, an int or math.inf "
+                "for the fully trained network): the O(1/n) ensemble is derived step by step "
+                "(book §∞.2.2); gradient flow is not available"
             )
         if self.net_.depth < 2:
             raise ValueError("finite_width=True needs a hidden layer (depth ≥ 2)")
@@ -616,29 +636,86 @@ class NTKRegressor(_InfiniteWidthRegressor):
                 f"inputs (its four-input statistics cost O(N⁴)), got {X.shape[0]}"
             )
 
-    def _finite_width_mean(self, X: np.ndarray, mean: np.ndarray) -> np.ndarray:
-        """Kernel prediction + (1/n_{L−1})·c, c from :func:`pdlt.theory.trained.
-        trained_mean_correction`, test inputs in blocks that fit the four-input statistics."""
+    def _finite_width(self, X: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The O(1/n) coefficients at X from :mod:`pdlt.theory.trained`: the mean's
+        (N_B, n_L) and, for ``what`` = "std", the variance's (N_B, n_L), for "cov" the
+        covariance's (N_B, n_L, N_B, n_L) (else None). Test inputs go in blocks that fit the
+        four-input statistics (:data:`pdlt.theory.ntk.MAX_FLUCTUATION_INPUTS` inputs, a cost
+        guard: they take O(N⁴) cubatures, ~1 min at 8 inputs). For "cov" with more test inputs
+        than one block holds, every pair of test inputs is a block of its own: the O(1/n)
+        terms of Cov[z_β1, z_β2] involve the statistics of A ∪ {β1, β2} alone."""
         from pdlt.theory.ntk import MAX_FLUCTUATION_INPUTS
-        from pdlt.theory.trained import trained_mean_correction
+        from pdlt.theory.trained import trained_covariance_correction, trained_mean_correction
 
-        XA, N_A = self.X_train_, self.X_train_.shape[0]
+        XA, N_A, n_L = self.X_train_, self.X_train_.shape[0], self.net_.output_dim
         # a test input equal to a training input takes that input's correction: the
         # statistics need distinct inputs
         same = np.all(X[:, None, :] == XA[None, :, :], axis=2)  # (N_B, N_A)
-        new = np.flatnonzero(~same.any(axis=1))
+        hit = same.any(axis=1)
+        new = np.flatnonzero(~hit)
         block = MAX_FLUCTUATION_INPUTS - N_A
-        c = np.empty((X.shape[0], mean.shape[1]))
+        if what == "cov" and new.size > block:
+            return self._pairwise_covariance(X, same, new)
+        c = np.empty((X.shape[0], n_L))
+        var = np.empty((X.shape[0], n_L)) if what == "std" else None
+        cov = None
+        args = (self.net_, XA, self.y_train_)
+        rate = (self.learning_rate_, self.steps)
         for k in range(0, max(new.size, 1), block):
             rows = new[k : k + block]
-            part = trained_mean_correction(
-                self.net_, XA, self.y_train_, X[rows], self.learning_rate_, self.steps
-            )
+            if what == "mean":
+                part = trained_mean_correction(*args, X[rows], *rate)
+            else:
+                part, full = trained_covariance_correction(*args, X[rows], *rate, return_mean=True)
             c[rows] = part[N_A:]
             c_train = part[:N_A]
-        hit = same.any(axis=1)
+            if what == "std":
+                d = np.einsum("aiai->ai", full)
+                var[rows] = d[N_A:]
+                var_train = d[:N_A]
+            elif what == "cov":
+                # each test input's slot in [training inputs, new test inputs]
+                slot = np.empty(X.shape[0], dtype=int)
+                slot[new] = N_A + np.arange(new.size)
+                slot[hit] = np.argmax(same[hit], axis=1)
+                cov = full[np.ix_(slot, range(n_L), slot, range(n_L))]
         c[hit] = c_train[np.argmax(same[hit], axis=1)]
-        return mean + c / self.net_.widths[-2]
+        if var is not None:
+            var[hit] = var_train[np.argmax(same[hit], axis=1)]
+        return c, (var if what == "std" else cov)
+
+    def _pairwise_covariance(
+        self, X: np.ndarray, same: np.ndarray, new: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_finite_width` for "cov", one block per pair of new test inputs."""
+        from pdlt.theory.ntk import MAX_FLUCTUATION_INPUTS
+        from pdlt.theory.trained import trained_covariance_correction
+
+        XA, N_A, n_L = self.X_train_, self.X_train_.shape[0], self.net_.output_dim
+        if N_A + 2 > MAX_FLUCTUATION_INPUTS:
+            raise ValueError(
+                f"finite_width=True with return_cov=True and {N_A} training inputs supports one "
+                f"test input distinct from them (the four-input statistics take at most "
+                f"{MAX_FLUCTUATION_INPUTS} inputs), got {new.size}; use return_std=True"
+            )
+        m = N_A + new.size
+        full = np.zeros((m, n_L, m, n_L))
+        c_all = np.zeros((m, n_L))
+        every = range(n_L)
+        for i in range(new.size):
+            for j in range(i + 1, new.size):
+                part, f = trained_covariance_correction(
+                    self.net_, XA, self.y_train_, X[new[[i, j]]], self.learning_rate_,
+                    self.steps, return_mean=True,
+                )  # fmt: skip
+                idx = [*range(N_A), N_A + i, N_A + j]
+                full[np.ix_(idx, every, idx, every)] = f
+                c_all[idx] = part
+        hit = same.any(axis=1)
+        slot = np.empty(X.shape[0], dtype=int)
+        slot[new] = N_A + np.arange(new.size)
+        slot[hit] = np.argmax(same[hit], axis=1)
+        return c_all[slot], full[np.ix_(slot, every, slot, every)]
 
     def predict(self, X, return_std: bool = False, return_cov: bool = False):
         """Ensemble mean (and std or covariance over initializations) of the trained network at
@@ -647,14 +724,13 @@ class NTKRegressor(_InfiniteWidthRegressor):
         if not hasattr(self, "X_train_"):
             return self._prior(X, return_std, return_cov)
         if self.finite_width:
-            if return_std or return_cov:
-                raise NotImplementedError(
-                    "finite_width=True gives the O(1/n) ensemble mean only; the O(1/n) "
-                    "covariance of the trained ensemble is not derived yet (issue 12)"
-                )
-            cross, _ = output_cross(self.net_, self.X_train_, X, ntk=True)
-            mean = self._finite_width_mean(X, cross["Theta"].T @ self.M_ @ self.y_train_)
-            return self._output(mean, None, False, False)
+            return self._predict_finite_width(X, return_std, return_cov)
+        mean, cov, var = self._kernel_prediction(X, return_std, return_cov)
+        return self._output(mean, cov, return_std, return_cov, var=var)
+
+    def _kernel_prediction(self, X: np.ndarray, return_std: bool, return_cov: bool):
+        """The infinite-width mean (N_B, n_out), covariance Σ_BB(t) (if ``return_cov``) and
+        variance diag Σ_BB(t) (if ``return_std``) of the trained ensemble (book §10.2.4)."""
         N_A = self.X_train_.shape[0]
         K_AA = self.K_train_
         if return_cov:
@@ -662,19 +738,37 @@ class NTKRegressor(_InfiniteWidthRegressor):
             T = Theta[N_A:, :N_A] @ self.M_
             TK = T @ K[N_A:, :N_A].T
             cov = K[N_A:, N_A:] - TK - TK.T + T @ K_AA @ T.T  # book §10.2.4, Σ^∞ with T(t)
-            return self._output(T @ self.y_train_, 0.5 * (cov + cov.T), False, True)
+            return T @ self.y_train_, 0.5 * (cov + cov.T), None
         # train × test and the test diagonal only: O(N_A N_B) memory
         cross, diag = output_cross(self.net_, self.X_train_, X, ntk=True)
         T = cross["Theta"].T @ self.M_
         if not return_std:
-            return self._output(T @ self.y_train_, None, False, False)
+            return T @ self.y_train_, None, None
         # diag of K_BB − T K_AB − K_BA Tᵀ + T K_AA Tᵀ
         var = (
             diag["K"]
             - 2 * np.einsum("ba,ab->b", T, cross["K"])
             + np.einsum("ba,ba->b", T @ K_AA, T)
         )
-        return self._output(T @ self.y_train_, None, True, False, var=var)
+        return T @ self.y_train_, None, var
+
+    def _predict_finite_width(self, X: np.ndarray, return_std: bool, return_cov: bool):
+        """Kernel prediction + (1/n_{L−1})·(the O(1/n) coefficients): mean, and the per-output
+        std (N_B, n_L) or covariance (N_B, N_B, n_L)."""
+        mean, cov, var = self._kernel_prediction(X, return_std, return_cov)
+        what = "cov" if return_cov else "std" if return_std else "mean"
+        c, second = self._finite_width(X, what)
+        n = self.net_.widths[-2]
+        mean = mean + c / n
+        y_1d = self._y_1d
+        mean_out = mean[:, 0] if y_1d else mean
+        if return_cov:
+            per_output = cov[:, :, None] + np.einsum("aibi->abi", second) / n
+            return mean_out, (per_output[:, :, 0] if y_1d else per_output)
+        if return_std:
+            std = np.sqrt(_clip_variance(var[:, None] + second / n))
+            return mean_out, (std[:, 0] if y_1d else std)
+        return mean_out
 
 
 # --------------------------------------------------------------------------------------------
