@@ -47,6 +47,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from pdlt.gaussian.orthant import homogeneous_product
 from pdlt.gaussian.pairs import expect_pairs
 from pdlt.gaussian.rules import DTYPE as _DTYPE
 from pdlt.gaussian.rules import (
@@ -279,6 +280,7 @@ def expect_product(
     tol: float = DEFAULT_TOL,
     split_nodes: dict[int, int] | None = None,
     smooth: Callable[[Tensor, Tensor], Tensor] | None = None,
+    homogeneous: tuple[float, float] | None = None,
 ) -> Tensor:
     """⟨f_1(z_{α1}) ⋯ f_k(z_{αk})⟩_K for every row (α1…αk) of ``index`` (book §4.2–4.3).
 
@@ -306,6 +308,11 @@ def expect_product(
         single kinked function ``fns`` used in every slot (e.g.
         :func:`pdlt.gaussian.rules.homogeneous_smoothing` for the relu family). The kinked
         route for 3 and 4 distinct inputs then integrates one coordinate exactly.
+    homogeneous:
+        Optional (a₊, a₋) when the single function ``fns`` is σ(z) = a₊ z (z ≥ 0), a₋ z (z < 0)
+        (the relu family): every tuple then goes through the truncated-moment
+        recursion with orthant probabilities (:mod:`pdlt.gaussian.orthant`, ≲1e-9, no
+        quadrature; exact also for singular sub-kernels, where the kink-split rule is not).
 
     Returns
     -------
@@ -326,8 +333,8 @@ def expect_product(
     if idx.ndim != 2 or not 1 <= idx.shape[1] <= 4:
         raise ValueError(f"index must have shape (T, k) with 1 ≤ k ≤ 4, got {tuple(idx.shape)}")
     k = idx.shape[1]
-    if smooth is not None and not callable(fns):
-        raise ValueError("smooth needs a single function fns, used in every slot")
+    if (smooth is not None or homogeneous is not None) and not callable(fns):
+        raise ValueError("smooth and homogeneous need a single function fns, used in every slot")
     if callable(fns):
         fns = [fns] * k
     fns = list(fns)
@@ -348,7 +355,9 @@ def expect_product(
         first = [pattern.index(r) for r in range(d)]
         inputs = idx[rows][:, first]  # (t, d) distinct inputs in order of first appearance
         groups = [[j for j, p in enumerate(pattern) if p == r] for r in range(d)]
-        if d == 1:
+        if homogeneous is not None:
+            out[rows] = homogeneous_product(*homogeneous, K, inputs, tuple(len(g) for g in groups))
+        elif d == 1:
             diag = torch.diagonal(K)[inputs[:, 0]]
             out[rows] = expect(_product(fns, groups[0]), diag, kinks=tuple(kinks))
         elif d == 2 and kinks:
