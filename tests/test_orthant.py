@@ -176,3 +176,26 @@ def test_homogeneous_product_vectorized_patterns():
         torch.relu, K, [[0, 0, 1, 1]], kinks=(0.0,), split_nodes={2: 48}, tol=1e-16
     )
     assert abs(float(two - ref)) < 1e-11 * float(ref)
+
+
+def test_even_product_halving_is_exact():
+    """The cubature's half grid for even integrands (odd σ in all four slots) gives the full
+    grid's sum; non-symmetric functions are not halved."""
+    from pdlt.gaussian import products
+
+    assert products.even_product([torch.tanh] * 4)
+    assert products.even_product([torch.tanh, torch.tanh, torch.cos, torch.cos])
+    assert not products.even_product([torch.tanh] * 3)
+    assert not products.even_product([torch.nn.functional.softplus] * 4)
+    rng = np.random.default_rng(3)
+    K = _gram(rng.normal(size=(5, 5)))
+    idx = torch.combinations(torch.arange(5), r=4)
+    from pdlt.gaussian.rules import cholesky
+
+    L = cholesky(K[idx[:, :, None], idx[:, None, :]])
+    codes = products.direction_rules(L, 20, 1e-7, kinked=False)
+    for t in range(idx.shape[0]):
+        cv = tuple(codes[t].tolist())
+        full = products._nested_sum([torch.tanh] * 4, L[t : t + 1], cv, 1e-7, False)
+        half = products._nested_sum([torch.tanh] * 4, L[t : t + 1], cv, 1e-7, True)
+        assert abs(float(full - half)) < 1e-14 * abs(float(full))
