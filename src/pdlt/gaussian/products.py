@@ -35,7 +35,14 @@ E σ(m + s u) has a closed form) the last coordinate is integrated exactly and q
 piece are used: measured ≲1e-8 relative for ⟨relu⁴⟩ on generic correlated kernels (stated
 bound ``KINKED_ERROR`` = 1e-6). Without it (elu, selu, user kinks) the default (2·12)^4 rule
 gives 5e-7 on block-diagonal kernels but was measured 6e-4–1e-2 relative on generic correlated
-4×4 kernels (q = 16: ~1e-4, q = 24: ~1e-8): pass ``split_nodes`` for more.
+4×4 kernels (q = 16: ~1e-4, q = 24: ~1e-8): pass ``split_nodes`` for more. With
+``homogeneous`` (the relu family) no quadrature is used at all: truncated moments and orthant
+probabilities (:mod:`pdlt.gaussian.orthant`, ≲1e-9, singular sub-kernels included).
+
+Speed (issue 11): an even integrand (odd σ in all four slots: tanh, erf, sin) is summed over
+half the outer grid; Gauss–Hermite counts sit on a short ladder so that tuples share rules and
+cached grids; where the outer grid is large the inner 1-D sums come from a fine table
+(:func:`_inner_table`).
 """
 
 from __future__ import annotations
