@@ -326,11 +326,11 @@ def _nested_sum(
     d = L.shape[1]
     u, w = _product_grid(codes[:-1], tol, half)  # (m, d−1), (m,)
     x, wx = _rule_tensor(codes[-1], tol)
-    z = torch.einsum("mj,tkj->tmk", u, L[:, :, : d - 1])  # (t, m, d): all but L_dd u_d
-    outer = factors[0](z[..., 0])
+    z = torch.einsum("mj,tkj->tkm", u, L[:, :, : d - 1])  # (t, d, m): all but L_dd u_d
+    outer = factors[0](z[:, 0])
     for i in range(1, d - 1):
-        outer = outer * factors[i](z[..., i])
-    shift = z[..., d - 1].contiguous()  # (t, m)
+        outer = outer * factors[i](z[:, i])
+    shift = z[:, d - 1]  # (t, m), contiguous
     s = L[:, d - 1, d - 1]
     inner = None
     if x.shape[0] >= _TABLE_MIN_Q and shift.shape[1] > _TABLE_GAIN * (_table_cells(shift) + 5):
@@ -379,14 +379,16 @@ def _inner_table(f: Fn, shift: Tensor, s: Tensor, x: Tensor, wx: Tensor) -> Tens
     mu = lo[:, None] + _TABLE_STEP * k  # (t, n + 5)
     G = f(mu[..., None] + s[:, None, None] * x) @ wx  # (t, n + 5)
     coef = G.unfold(1, _STENCIL, 1) @ _stencil_matrix().T  # (t, n, 6): cell i uses points i−2…i+3
-    pos = (shift - lo[:, None]) / _TABLE_STEP
-    cell = torch.clamp(torch.floor(pos), 0, n - 1)
-    theta = (pos - cell).reshape(-1, 1)
+    pos = (shift - lo[:, None]).mul_(1 / _TABLE_STEP)
+    cell = pos.floor().clamp_(0, n - 1)
+    theta = pos.sub_(cell).reshape(-1)
     cells = coef.shape[1]
-    flat = (cell.to(torch.long) + cells * torch.arange(t)[:, None]).reshape(-1)
+    flat = cell.to(torch.long).add_(cells * torch.arange(t)[:, None]).reshape(-1)
     c = coef.reshape(t * cells, _STENCIL).index_select(0, flat)  # (t·m, 6) contiguous rows
-    powers = torch.cat([torch.ones_like(theta), theta.expand(-1, _STENCIL - 1).cumprod(dim=1)], 1)
-    out = (c * powers).sum(dim=1).reshape(t, m)
+    out = c[:, _STENCIL - 1].clone()
+    for j in range(_STENCIL - 2, -1, -1):  # Horner
+        out = torch.addcmul(c[:, j], out, theta)
+    out = out.reshape(t, m)
     # a posteriori: the direct sum at a spread of outer nodes
     probe = torch.linspace(0, m - 1, min(m, 64)).round().to(torch.long)
     direct = f(shift[:, probe, None] + s[:, None, None] * x) @ wx
