@@ -344,15 +344,16 @@ def _nested_sum(
 # where there are many more outer nodes than cells of a fine μ grid, g is tabulated on that
 # grid and interpolated by local polynomials (a 6-point stencil, spacing _TABLE_STEP in z):
 # for f analytic in |Im z| < π/2 (tanh's poles; sigmoid, swish, gelu, erf lie further out)
-# the error is ≲ 0.02·Δ⁶ max|f⁽⁶⁾| ≈ 1e-12, and every chunk is checked a posteriori against
-# the direct sum at sample nodes (falling back to the direct sum above 1e-11 of max|g|).
-_TABLE_STEP = 0.01
+# the error is ≲ 0.02·Δ⁶ max|f⁽⁶⁾| (measured ≲2e-11 of max|g| for tanh at Δ = 0.02; the
+# tuple's expectation moves by ≲4e-12 relative), and every chunk is checked a posteriori
+# against the direct sum at sample nodes (falling back to the direct sum above 1e-10 of max|g|).
+_TABLE_STEP = 0.02
 _STENCIL = 6
 # the table pays (measured: −25 % at the first tanh layer, q ≈ 25) where the inner rule is long
 # and the outer nodes outnumber the table's points several times
 _TABLE_GAIN = 12
 _TABLE_MIN_Q = 16
-_TABLE_CHECK = 1e-11
+_TABLE_CHECK = 1e-10
 
 
 def _table_cells(shift: Tensor) -> int:
