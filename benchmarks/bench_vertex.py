@@ -49,12 +49,12 @@ pdlt.four_point_vertex(warm, x[:2])  # warm caches (quadrature rules)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 net = pdlt.MLP(act, depth=depth, width=64, input_dim=8, C_W=cw)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 fw = pdlt.four_point_vertex(net, x)
-wall = time.perf_counter() - t0
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
 assert np.isfinite(fw.V).all()
-print(json.dumps({"wall_s": wall, "peak_mib": peak, "V_last": float(fw.V[-1, 0, 0, 0, 0])}))
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_mib": peak, "V_last": float(fw.V[-1, 0, 0, 0, 0])}))
 """
 
 _MC = r"""
@@ -113,7 +113,8 @@ def main() -> None:
                 r1, r2 = run(_CASE, act, N, d1, args.threads), run(_CASE, act, N, d2, args.threads)
                 per_layer = max(r2["wall_s"] - r1["wall_s"], 0.0) / (d2 - d1)
                 wall = r2["wall_s"] + per_layer * (depth - d2)
-                r = dict(r2, wall_s=wall, timed_depth=d2, per_layer_s=per_layer, extrapolated=True)
+                r = dict(r2, wall_s=wall, cpu_s=None, timed_depth=d2, per_layer_s=per_layer)
+                r["extrapolated"] = True
             else:
                 r = dict(
                     run(_CASE, act, N, depth, args.threads), timed_depth=depth, extrapolated=False
@@ -128,7 +129,8 @@ def main() -> None:
             rows.append(r)
             flag = " (extrapolated)" if r["extrapolated"] else ""
             print(
-                f"{act:7s} N={N:3d} depth={depth}: {r['wall_s']:9.2f} s{flag}, peak "
+                f"{act:7s} N={N:3d} depth={depth}: {r['wall_s']:9.2f} s{flag} "
+                f"(cpu {r['cpu_s'] or float('nan'):.2f} s), peak "
                 f"{r['peak_mib']:7.1f} MiB  (load {load_before:.1f} → {r['load_after']:.1f})",
                 flush=True,
             )
