@@ -4,17 +4,17 @@ Prints a table and writes benchmarks/results/vertex.json. Each case runs in a fr
 that its peak resident memory (ru_maxrss minus the post-import baseline) is its own. Run on an
 otherwise idle machine:
 
-    .venv/bin/python benchmarks/bench_vertex.py [--quick] [--full]
+    .venv/bin/python benchmarks/bench_vertex.py [--quick] [--threads 1] [--partial-for relu]
 
 Measured:
 1. ``pdlt.four_point_vertex`` wall time and peak memory for N = 1, 4, 16 inputs, depth 50, for
-   linear (Wick: closed form throughout), relu (closed-form pair expectations; kink-split
-   iterated quadrature for 3–4 distinct inputs) and tanh (quadrature everywhere). The 4-input
-   expectations cost O(C(N,4)·nodes) per layer, so for N = 16 with a non-linear activation only
-   the first ``--n16-depth`` layers (default 4) are timed and the depth-50 time is extrapolated
-   from the per-layer cost of the last timed layers (marked "extrapolated"); ``--full`` times
-   the whole depth (``--full-for tanh relu`` for chosen activations; tanh by default, whose
-   early layers cost most, so extrapolating from them overstates the total).
+   linear (Wick: closed form throughout), relu (truncated moments and orthant probabilities,
+   :mod:`pdlt.gaussian.orthant`: no quadrature) and tanh (nested cubature for 3–4 distinct
+   inputs). By default every case is timed at the full depth; ``--partial-for ACT`` times only
+   the first ``--n16-depth`` layers of N = 16 for the named activations and extrapolates from
+   the per-layer cost of the last timed layers (marked "extrapolated"). The load average
+   (1 min) before and after each case is recorded: on a shared machine it says how much of the
+   wall time was waiting.
 2. Theory vs Monte Carlo for equal precision: single input, tanh at criticality, depth 10, width
    64: the networks M needed for a 1 % relative standard error on V^{(10)} (M ≈ Var of the sample
    variance / (0.01·V)², measured from a pilot ensemble) times the measured per-network cost,
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -48,12 +49,12 @@ pdlt.four_point_vertex(warm, x[:2])  # warm caches (quadrature rules)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
 net = pdlt.MLP(act, depth=depth, width=64, input_dim=8, C_W=cw)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 fw = pdlt.four_point_vertex(net, x)
-wall = time.perf_counter() - t0
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
 assert np.isfinite(fw.V).all()
-print(json.dumps({"wall_s": wall, "peak_mib": peak, "V_last": float(fw.V[-1, 0, 0, 0, 0])}))
+print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_mib": peak, "V_last": float(fw.V[-1, 0, 0, 0, 0])}))
 """
 
 _MC = r"""
@@ -86,12 +87,11 @@ def run(code: str, *args: object) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="depth 10 instead of 50")
-    ap.add_argument("--full", action="store_true", help="time N = 16 at the full depth")
     ap.add_argument(
-        "--full-for",
+        "--partial-for",
         nargs="*",
-        default=["tanh"],
-        help="activations whose N = 16 case is timed at the full depth (default: tanh)",
+        default=[],
+        help="activations whose N = 16 case is extrapolated from --n16-depth layers",
     )
     ap.add_argument("--n16-depth", type=int, default=4)
     ap.add_argument(
@@ -105,23 +105,33 @@ def main() -> None:
     rows = []
     for act in ("linear", "relu", "tanh"):
         for N in (1, 4, 16):
-            partial = N == 16 and act != "linear" and not args.full and act not in args.full_for
+            partial = N == 16 and act in args.partial_for
+            load_before = os.getloadavg()[0]
             if partial:
                 # per-layer cost from the difference of two short runs (first-layer cost apart)
                 d1, d2 = max(2, args.n16_depth // 2), args.n16_depth
                 r1, r2 = run(_CASE, act, N, d1, args.threads), run(_CASE, act, N, d2, args.threads)
                 per_layer = max(r2["wall_s"] - r1["wall_s"], 0.0) / (d2 - d1)
                 wall = r2["wall_s"] + per_layer * (depth - d2)
-                r = dict(r2, wall_s=wall, timed_depth=d2, per_layer_s=per_layer, extrapolated=True)
+                r = dict(r2, wall_s=wall, cpu_s=None, timed_depth=d2, per_layer_s=per_layer)
+                r["extrapolated"] = True
             else:
                 r = dict(
                     run(_CASE, act, N, depth, args.threads), timed_depth=depth, extrapolated=False
                 )
-            r.update(activation=act, N=N, depth=depth)
+            r.update(
+                activation=act,
+                N=N,
+                depth=depth,
+                load_before=load_before,
+                load_after=os.getloadavg()[0],
+            )
             rows.append(r)
             flag = " (extrapolated)" if r["extrapolated"] else ""
             print(
-                f"{act:7s} N={N:3d} depth={depth}: {r['wall_s']:9.2f} s{flag}, peak {r['peak_mib']:7.1f} MiB",
+                f"{act:7s} N={N:3d} depth={depth}: {r['wall_s']:9.2f} s{flag} "
+                f"(cpu {r['cpu_s'] or float('nan'):.2f} s), peak "
+                f"{r['peak_mib']:7.1f} MiB  (load {load_before:.1f} → {r['load_after']:.1f})",
                 flush=True,
             )
     mc = run(_MC, 2000 if args.quick else 10000, args.threads)
@@ -139,7 +149,9 @@ def main() -> None:
                 "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "vertex": rows,
                 "theory_vs_mc": dict(mc, ratio=ratio),
-                "target": "N = 16, depth 50 in ≤ 10 s on 2 cores",
+                "target": "N = 16, depth 50 in ≤ 10 s (issue 11: 1 thread)",
+                "load_average_end": os.getloadavg(),
+                "cpu_count": os.cpu_count(),
                 "threads": args.threads,
             },
             indent=2,

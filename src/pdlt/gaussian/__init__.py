@@ -8,12 +8,15 @@
   kink-split 2-D rule.
 * :mod:`~pdlt.gaussian.products` — ⟨f_1(z_α1)⋯f_k(z_αk)⟩ for k ≤ 4 (three- and four-input
   cubature).
+* :mod:`~pdlt.gaussian.orthant` — the same for the relu family in closed form: truncated
+  moments and orthant probabilities.
 * :mod:`~pdlt.gaussian.moments` — :class:`LayerMoments`, everything one layer step of a
   recursion needs, computed once per layer.
 """
 
 from pdlt.gaussian.mehler import hermite_coefficients
 from pdlt.gaussian.moments import LayerMoments, input_pairs
+from pdlt.gaussian.orthant import homogeneous_product, orthant_probability
 from pdlt.gaussian.pairs import DEFAULT_TOL, correlation, expect_pairs, pair_expectation
 from pdlt.gaussian.products import KINKED_ERROR, expect_product, multisets
 from pdlt.gaussian.rules import expect
@@ -27,7 +30,9 @@ __all__ = [
     "expect_pairs",
     "expect_product",
     "hermite_coefficients",
+    "homogeneous_product",
     "input_pairs",
     "multisets",
+    "orthant_probability",
     "pair_expectation",
 ]

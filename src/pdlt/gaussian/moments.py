@@ -26,7 +26,6 @@ from pdlt.gaussian.rules import (
     DTYPE,
     Tensor,
     expect,
-    homogeneous_smoothing,
     nodes_per_piece,
     split_rule,
 )
@@ -197,7 +196,8 @@ class LayerMoments:
     def ssss_pairs(self) -> Tensor:
         """⟨σ_aσ_bσ_cσ_d⟩ over unordered pairs (P, P): entry (p, q) for p = (a, b), q = (c, d).
         Computed once per multiset {a, b, c, d} (C(N+3, 4) of them) and scattered; Wick's
-        theorem for the linear activation (exact)."""
+        theorem for the linear activation (exact), the truncated-moment recursion for the relu
+        family (:mod:`pdlt.gaussian.orthant`, ≲1e-9)."""
         N, K, act = self.N, self.K, self.act
         pairs, _ = input_pairs(N)
         a, b = pairs[:, 0][:, None], pairs[:, 1][:, None]
@@ -205,9 +205,10 @@ class LayerMoments:
         if act.homogeneous == (1.0, 1.0):
             return K[a, b] * K[c, d] + K[a, c] * K[b, d] + K[a, d] * K[b, c]
         sets = multisets(N, 4)
-        # the relu family: the last coordinate of each 3-/4-input integral in closed form
-        smooth = homogeneous_smoothing(*act.homogeneous) if act.homogeneous and act.kinks else None
-        E4 = expect_product(act.fn, K, sets, kinks=act.kinks, tol=self.tol, smooth=smooth)
+        # the relu family: truncated moments and orthant probabilities, no quadrature
+        E4 = expect_product(
+            act.fn, K, sets, kinks=act.kinks, tol=self.tol, homogeneous=act.homogeneous
+        )
         code = torch.tensor([N**3, N**2, N, 1])
         key = sets @ code  # sorted multisets → sorted codes
         quad = torch.sort(torch.stack(torch.broadcast_tensors(a, b, c, d), dim=-1), dim=-1).values

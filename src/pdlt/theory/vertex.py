@@ -43,7 +43,6 @@ import torch
 from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments, expect_product, input_pairs
 from pdlt.gaussian.moments import FD_STEP, KernelMapDerivatives, one_sided_difference
-from pdlt.gaussian.rules import homogeneous_smoothing
 from pdlt.network import MLP, validate_inputs
 from pdlt.theory.kernel import KERNEL
 from pdlt.theory.layers import (
@@ -223,8 +222,8 @@ def path_pair_expectations(
     if act.homogeneous == (1.0, 1.0):
         a, b, c, d = idx.unbind(1)
         return big[a, b] * big[c, d] + big[a, c] * big[b, d] + big[a, d] * big[b, c]
-    smooth = homogeneous_smoothing(*act.homogeneous) if act.homogeneous and act.kinks else None
-    return expect_product(act.fn, big, idx, kinks=act.kinks, tol=tol, smooth=smooth)
+    # the relu family in closed form (truncated moments, pdlt.gaussian.orthant)
+    return expect_product(act.fn, big, idx, kinks=act.kinks, tol=tol, homogeneous=act.homogeneous)
 
 
 def path_covariance(
