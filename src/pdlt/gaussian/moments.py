@@ -100,18 +100,19 @@ class LayerMoments:
         self.act, self.K, self.tol, self.layer = act, K, tol, layer
         self.second_order = second_order
         self.N = K.shape[0]
+        self._shared: dict = {}  # the closed forms' intermediates on K (θ, …), shared by ss, dd
 
     # ---- two-point expectations (N, N) -------------------------------------------------------
 
     @cached_property
     def ss(self) -> Tensor:
         """⟨σ_a σ_b⟩: the kernel map (book §4.3) and the λ_W term of the NTK (eq. 8.50)."""
-        return pair_expectation(self.act, self.K, (0, 0))
+        return pair_expectation(self.act, self.K, (0, 0), shared=self._shared)
 
     @cached_property
     def dd(self) -> Tensor:
         """⟨σ'_a σ'_b⟩: χ_⊥ on the diagonal (book §5.1), the NTK's propagation factor."""
-        return pair_expectation(self.act, self.K, (1, 1))
+        return pair_expectation(self.act, self.K, (1, 1), shared=self._shared)
 
     # ---- derivatives of the kernel map (book §4.3, the J and H of the vertex recursions) ------
 
