@@ -215,14 +215,31 @@ def _cached(shared: dict | None, key: str, make: Callable[[], object]) -> object
     return shared[key]
 
 
+def _per_input(kaa: Tensor, kbb: Tensor, f: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """(f(K_aa), f(K_bb)) for a per-input transform f: computed once when K_bb is K_aa
+    transposed (the columns and rows of one kernel's diagonal, as :func:`pair_expectation`
+    passes them): at small N the per-op cost, not the O(N) arithmetic, is what counts."""
+    fa = f(kaa)
+    same = (
+        kaa.dim() == 2
+        and kaa.shape[1] == 1
+        and kbb.shape == kaa.shape[::-1]
+        and kbb.data_ptr() == kaa.data_ptr()
+        and kbb.stride(1) == kaa.stride(0)
+    )
+    return fa, (fa.mT if same else f(kbb))
+
+
 def _cos_theta(
     kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None
 ) -> tuple[Tensor, Tensor]:
     """(sqrt(K_aa K_bb), cos θ) with the 0/0 of a zero-variance input mapped to cos θ = 0."""
 
     def make() -> tuple[Tensor, Tensor]:
+        # √(K_aa K_bb), not √K_aa √K_bb: on the diagonal it is then K_aa to the last bit, so
+        # cos θ = 1 and θ = 0 exactly there (one ulp off would move θ by ~1e-8)
         norm = torch.mul(kaa, kbb).clamp_(min=0.0).sqrt_()
-        if bool((kaa > 0).all()) and bool((kbb > 0).all()):  # N + N checks, not N²
+        if kaa.min().item() > 0 and kbb.min().item() > 0:  # N + N checks, not N²
             return norm, torch.div(kab, norm).clamp_(-1.0, 1.0)
         ok = norm > 0
         cos = torch.where(ok, kab / torch.where(ok, norm, 1.0), torch.zeros_like(kab))
@@ -238,12 +255,16 @@ def _theta(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) ->
     )
 
 
-def _arccos1(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
-    """ReLU arc-cosine kernel of degree 1: ⟨relu(z_a) relu(z_b)⟩ = √(K_aa K_bb)/2π [sin θ + (π−θ) cos θ]."""
+def _arccos1(
+    kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None, scale: float = 1.0
+) -> Tensor:
+    """ReLU arc-cosine kernel of degree 1: ⟨relu(z_a) relu(z_b)⟩ = √(K_aa K_bb)/2π [sin θ + (π−θ) cos θ]
+    (times ``scale``)."""
     norm, cos = _cos_theta(kaa, kbb, kab, shared)
     out = torch.sub(math.pi, _theta(kaa, kbb, kab, shared)).mul_(cos)  # (π − θ) cos θ
-    sin = torch.mul(cos, cos).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
-    return out.add_(sin).mul_(norm).mul_(1 / (2 * math.pi))
+    # sin θ = √(1 − cos²θ); cos² ≤ 1 in floating point for |cos| ≤ 1, so no clamp is needed
+    out.add_(torch.mul(cos, cos).neg_().add_(1.0).sqrt_())
+    return out.mul_(norm).mul_(scale / (2 * math.pi))
 
 
 def _homogeneous_forms(a_plus: float, a_minus: float) -> dict[tuple[int, int], ClosedForm]:
@@ -252,7 +273,7 @@ def _homogeneous_forms(a_plus: float, a_minus: float) -> dict[tuple[int, int], C
     ab = a_plus * a_minus
 
     def f00(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
-        out = _arccos1(kaa, kbb, kab, shared).mul_(d)
+        out = _arccos1(kaa, kbb, kab, shared, scale=d)
         return out.add_(kab, alpha=ab) if ab != 0.0 else out
 
     def f11(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
@@ -270,8 +291,8 @@ def _erf_forms() -> dict[tuple[int, int], ClosedForm]:
 
     def parts(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None) -> tuple:
         def make() -> tuple[Tensor, Tensor, Tensor]:
-            ra = torch.mul(kaa, 2.0).add_(1.0).rsqrt_()  # broadcast vectors: O(N)
-            rb = torch.mul(kbb, 2.0).add_(1.0).rsqrt_()
+            # 1/√(1 + 2K_aa), 1/√(1 + 2K_bb): broadcast vectors, O(N)
+            ra, rb = _per_input(kaa, kbb, lambda k: torch.mul(k, 2.0).add_(1.0).rsqrt_())
             return ra, rb, torch.mul(kab, ra).mul_(rb).mul_(2.0)
 
         return _cached(shared, "erf_u", make)  # type: ignore[return-value]
@@ -321,8 +342,8 @@ def _gelu_forms() -> dict[tuple[int, int], ClosedForm]:
 
     def parts(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None) -> tuple:
         def make() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-            ia, ib = (1 + kaa).reciprocal_(), (1 + kbb).reciprocal_()  # broadcast vectors
-            D = torch.mul(kab, kab).neg_().addcmul_(1 + kaa, 1 + kbb).clamp_(min=1.0)
+            ia, ib = _per_input(kaa, kbb, lambda k: torch.add(k, 1.0).reciprocal_())  # O(N)
+            D = torch.mul(kab, kab).neg_().addcmul_(1 + kaa, 1 + kbb).clamp_(min=1.0)  # P − c²
             inv_sqrtD = D.rsqrt()
             angle = torch.atan2(torch.mul(D, inv_sqrtD), kab.neg())  # atan2(√D, −c)
             return ia, ib, D, inv_sqrtD, angle

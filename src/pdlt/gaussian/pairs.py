@@ -178,8 +178,14 @@ def pair_expectation(
             f"it has {sorted(act.closed_forms)}"
         )
     if form is not None and method in ("auto", "closed"):
-        d = torch.diagonal(K)
-        return finite(form(d[:, None], d[None, :], K, shared), "a closed-form expectation")
+        if shared is None or "variances" not in shared:
+            d = torch.diagonal(K)
+            rows_cols = (d[:, None], d[None, :])
+            if shared is not None:
+                shared["variances"] = rows_cols
+        else:
+            rows_cols = shared["variances"]
+        return finite(form(*rows_cols, K, shared), "a closed-form expectation")
     i, j = orders
     return expect_pairs(
         act.derivative(i),
