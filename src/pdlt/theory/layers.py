@@ -131,8 +131,11 @@ def width_ratio(net: MLP, layer: int) -> float:
 
 
 def gram(x: Tensor) -> Tensor:
-    """x_α·x_β/n_0, the inputs' Gram matrix per input dimension (N, N)."""
-    return (x @ x.T) / x.shape[1]
+    """x_α·x_β/n_0, the inputs' Gram matrix per input dimension (N, N), on the walk's
+    threads (:func:`pdlt._threads.threads_for`): a small matmul on two threads of a busy
+    machine waits milliseconds for the second core."""
+    with walk_threads(x.shape[0] ** 2):
+        return (x @ x.T) / x.shape[1]
 
 
 def propagate(
