@@ -5,9 +5,14 @@ Both engines compute the kernel AND the NTK of the output layer, float64, same i
 λ_b; pdlt with λ's set to match). neural-tangents is jitted (compile time excluded,
 ``block_until_ready``); pdlt is timed for ``pdlt.ntk(net, x, layers="last")`` (what nt
 returns) and for all layers (default). Each (engine, case) runs in its own process,
-processes interleaved, medians of ``--repeats`` runs per process and over processes. Threads
-are set on both sides (torch/PDLT_NUM_THREADS, XLA_FLAGS, OMP/MKL/OPENBLAS). ``--load``
-runs one busy Python process in the background (the "loaded machine").
+processes interleaved, medians of ``--repeats`` runs per process and over processes.
+
+Threads: ``--threads k`` gives each engine k threads — ``torch.set_num_threads(k)`` and
+OMP/MKL/OPENBLAS = k for pdlt, ``XLA_FLAGS`` intra-op parallelism k for neural-tangents — and
+leaves ``PDLT_NUM_THREADS`` unset, so pdlt uses them as it chooses (its layer walks stay on one
+thread below ~4·10⁶ entries per pass, :mod:`pdlt._threads`), as a user with k cores gets by
+default. ``--load`` runs one busy Python process in the background (the "loaded machine").
+Each row records the 1-minute load average when it finished.
 
     .venv/bin/python benchmarks/bench_vs_nt.py --nt-python nt-venv/bin/python
 
@@ -32,6 +37,7 @@ import json, sys, time
 import numpy as np, torch
 import pdlt
 act, N, reps, which = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+torch.set_num_threads(int(sys.argv[5]))
 cw = {"relu": 2.0}.get(act, 1.0)
 x = np.random.default_rng(0).normal(size=(N, 10))
 net = pdlt.MLP(act, depth=10, width=512, input_dim=10, C_W=cw, C_b=0.05, lambda_W=cw,
@@ -79,8 +85,9 @@ _BURN = "import time\nwhile True: sum(i * i for i in range(10000))"
 
 def _env(threads: int) -> dict:
     env = dict(os.environ)
-    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "PDLT_NUM_THREADS"):
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[k] = str(threads)
+    env.pop("PDLT_NUM_THREADS", None)  # pdlt's own choice within the k threads
     multi = "true" if threads > 1 else "false"
     env["XLA_FLAGS"] = (
         f"--xla_cpu_multi_thread_eigen={multi} intra_op_parallelism_threads={threads}"
@@ -101,8 +108,8 @@ def _run(python: str, code: str, args: list, threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--nt-python", required=True)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=2, help="interleaved processes per engine")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved processes per engine")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--load", action="store_true", help="one busy process in the background")
     p.add_argument("--cases", nargs="+", default=None, help="act:N, e.g. relu:1000")
@@ -122,12 +129,14 @@ def main() -> None:
                 for _ in range(a.rounds):  # interleaved
                     got["nt"].append(_run(a.nt_python, _NT, [act, N, a.repeats], th))
                     got["pdlt_last"].append(
-                        _run(sys.executable, _PDLT, [act, N, a.repeats, "last"], th)
+                        _run(sys.executable, _PDLT, [act, N, a.repeats, "last", th], th)
                     )
                     got["pdlt_all"].append(
-                        _run(sys.executable, _PDLT, [act, N, a.repeats, "all"], th)
+                        _run(sys.executable, _PDLT, [act, N, a.repeats, "all", th], th)
                     )
                 row = {"activation": act, "N": int(N), "depth": 10, "threads": th, "loaded": a.load}
+                row["load_avg_1min"] = os.getloadavg()[0]
+                row["rounds"], row["repeats"] = a.rounds, a.repeats
                 for k, v in got.items():
                     ok = [r["s"] for r in v if "s" in r]
                     row[f"{k}_s"] = statistics.median(ok) if ok else None
@@ -146,7 +155,12 @@ def main() -> None:
             burner.kill()
     RESULTS.parent.mkdir(exist_ok=True)
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
-    keep = [r for r in old["rows"] if r.get("loaded") != a.load]
+    done = {(r["activation"], r["N"], r["threads"], r["loaded"]) for r in rows}
+    keep = [
+        r
+        for r in old["rows"]
+        if (r["activation"], r["N"], r["threads"], r.get("loaded")) not in done
+    ]
     RESULTS.write_text(json.dumps({"rows": keep + rows}, indent=2))
 
 

@@ -82,3 +82,31 @@ def test_pdlt_num_threads(monkeypatch) -> None:
     monkeypatch.setenv("PDLT_NUM_THREADS", "zero")
     with pytest.raises(ValueError, match="PDLT_NUM_THREADS"):
         pdlt.kernel(net, _inputs(10))
+
+
+def test_ensembles_run_on_pdlt_threads(monkeypatch) -> None:
+    """measure and empirical_ntk run on pdlt's thread choice (one thread for small chunks,
+    PDLT_NUM_THREADS when set) and leave torch's setting as it was."""
+    import torch
+
+    import pdlt._threads as threads
+
+    seen: list[int] = []
+    real = threads.threads_for
+
+    def spy(entries: int) -> int:
+        seen.append(entries)
+        return real(entries)
+
+    monkeypatch.setattr(threads, "threads_for", spy)
+    before = torch.get_num_threads()
+    net = pdlt.MLP("tanh", depth=3, width=16, input_dim=4)
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    pdlt.measure(net, x, n_networks=8, seed=0, progress=False)
+    pdlt.empirical_ntk(net, x, n_networks=1, seed=0)
+    assert torch.get_num_threads() == before
+    # one decision per call, sized by networks × width × inputs of a chunk
+    assert seen == [8 * 16 * 5, 1 * 16 * 5]
+    monkeypatch.setenv("PDLT_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="PDLT_NUM_THREADS"):
+        pdlt.measure(net, x, n_networks=8, seed=0, progress=False)

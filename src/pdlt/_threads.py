@@ -1,12 +1,15 @@
-"""How many torch intra-op threads pdlt's own theory work uses.
+"""How many torch intra-op threads pdlt's own work uses.
 
 The layer walks are long chains of elementwise passes over N² entries: memory-bound, each
 pass too short to amortise waking a second thread — and on a shared machine a second thread
 that waits for a busy core stalls every pass (the same call measured 6–100× slower with two
-threads than with one on a loaded 2-core machine). So pdlt runs its walks on one thread,
-and on more only where the per-pass work is large enough to pay (≥ ``PARALLEL_ENTRIES``
-entries per field). The user decides instead with the environment variable
-``PDLT_NUM_THREADS`` (an int ≥ 1), read at each call. torch's own setting is restored after.
+threads than with one on a loaded 2-core machine). So pdlt runs its walks (and the inputs'
+Gram matrix), and the ensembles of :func:`pdlt.measure` / :func:`pdlt.empirical_ntk` (sized
+by their largest activation tensor per chunk), on one thread, and on more only where the
+per-pass work is large enough to pay (≥ ``PARALLEL_ENTRIES`` entries). The user decides
+instead with the environment variable ``PDLT_NUM_THREADS`` (an int ≥ 1), read at each call.
+torch's own setting is restored after. ``benchmarks/bench_threads.py`` measures the choice
+against one and two threads on a loaded machine.
 """
 
 from __future__ import annotations

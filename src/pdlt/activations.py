@@ -44,10 +44,12 @@ from pdlt import _validation
 Tensor = torch.Tensor
 TorchFn = Callable[[Tensor], Tensor]
 # A closed form takes the entries (K_aa, K_bb, K_ab) of a 2x2 kernel, broadcast against each
-# other, and returns ⟨σ^{(i)}(z_a) σ^{(j)}(z_b)⟩.
-ClosedForm = Callable[[Tensor, Tensor, Tensor], Tensor]
+# other, and optionally ``shared`` (a dict of intermediates the family's forms share on one
+# kernel), and returns ⟨σ^{(i)}(z_a) σ^{(j)}(z_b)⟩.
+ClosedForm = Callable[..., Tensor]
 
 _SQRT2 = math.sqrt(2.0)
+_ONE = torch.ones((), dtype=torch.float64)  # for 1 − x² as one addcmul
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
@@ -204,52 +206,119 @@ class Activation:
 
 # --------------------------------------------------------------------------------------------
 # closed forms
+#
+# A layer step asks for ⟨σσ⟩ and then ⟨σ'σ'⟩ on the same kernel, and both forms of a family
+# rest on the same intermediates (the angle θ of the arc-cosine family, erf's normalized
+# covariance, gelu's det(1 + K) and its atan2): ``shared``, a dict that lives as long as one
+# kernel (:class:`pdlt.gaussian.LayerMoments`), holds them so each is computed once. The forms
+# work in place on their own temporaries: they are the hot path of every closed-form kernel
+# (N² entries per layer). K_ab carries the full shape; K_aa and K_bb broadcast against it.
 
 
-def _cos_theta(kaa: Tensor, kbb: Tensor, kab: Tensor) -> tuple[Tensor, Tensor]:
+def _cached(shared: dict | None, key: str, make: Callable[[], object]) -> object:
+    """``shared[key]``, made by ``make()`` the first time; no caching when ``shared`` is None.
+    Cached tensors are read, never modified in place."""
+    if shared is None:
+        return make()
+    if key not in shared:
+        shared[key] = make()
+    return shared[key]
+
+
+def _per_input(kaa: Tensor, kbb: Tensor, f: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """(f(K_aa), f(K_bb)) for a per-input transform f: computed once when K_bb is K_aa
+    transposed (the columns and rows of one kernel's diagonal, as :func:`pair_expectation`
+    passes them): at small N the per-op cost, not the O(N) arithmetic, is what counts."""
+    fa = f(kaa)
+    same = (
+        kaa.dim() == 2
+        and kaa.shape[1] == 1
+        and kbb.shape == kaa.shape[::-1]
+        and kbb.data_ptr() == kaa.data_ptr()
+        and kbb.stride(1) == kaa.stride(0)
+    )
+    return fa, (fa.mT if same else f(kbb))
+
+
+def _cos_theta(
+    kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None
+) -> tuple[Tensor, Tensor]:
     """(sqrt(K_aa K_bb), cos θ) with the 0/0 of a zero-variance input mapped to cos θ = 0."""
-    norm = torch.sqrt(torch.clamp(kaa * kbb, min=0.0))
-    if bool((norm > 0).all()):
-        return norm, torch.clamp(kab / norm, -1.0, 1.0)
-    cos = torch.where(norm > 0, kab / torch.where(norm > 0, norm, 1.0), torch.zeros_like(kab))
-    return norm, torch.clamp(cos, -1.0, 1.0)
+
+    def make() -> tuple[Tensor, Tensor]:
+        # √(K_aa K_bb), not √K_aa √K_bb: on the diagonal it is then K_aa to the last bit, so
+        # cos θ = 1 and θ = 0 exactly there (one ulp off would move θ by ~1e-8)
+        norm = torch.mul(kaa, kbb).clamp_(min=0.0).sqrt_()
+        if kaa.min().item() > 0 and kbb.min().item() > 0:  # N + N checks, not N²
+            return norm, torch.div(kab, norm).clamp_(-1.0, 1.0)
+        ok = norm > 0
+        cos = torch.where(ok, kab / torch.where(ok, norm, 1.0), torch.zeros_like(kab))
+        return norm, cos.clamp_(-1.0, 1.0)
+
+    return _cached(shared, "cos_theta", make)  # type: ignore[return-value]
 
 
-def _arccos1(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
-    """ReLU arc-cosine kernel of degree 1: ⟨relu(z_a) relu(z_b)⟩ = √(K_aa K_bb)/2π [sin θ + (π−θ) cos θ]."""
-    norm, cos = _cos_theta(kaa, kbb, kab)
-    # in place: this is the hot path of every ReLU-family kernel (N² entries per layer)
-    out = torch.arccos(cos).neg_().add_(math.pi).mul_(cos)
-    out.add_(cos.square_().neg_().add_(1.0).clamp_(min=0.0).sqrt_())
-    return out.mul_(norm).div_(2 * math.pi)
+def _theta(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
+    """The angle θ = arccos(K_ab/√(K_aa K_bb)) ∈ [0, π] between two inputs."""
+    return _cached(  # type: ignore[return-value]
+        shared, "theta", lambda: torch.arccos(_cos_theta(kaa, kbb, kab, shared)[1])
+    )
+
+
+def _arccos1(
+    kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None, scale: float = 1.0
+) -> Tensor:
+    """ReLU arc-cosine kernel of degree 1: ⟨relu(z_a) relu(z_b)⟩ = √(K_aa K_bb)/2π [sin θ + (π−θ) cos θ]
+    (times ``scale``)."""
+    norm, cos = _cos_theta(kaa, kbb, kab, shared)
+    out = torch.sub(math.pi, _theta(kaa, kbb, kab, shared)).mul_(cos)  # (π − θ) cos θ
+    # sin θ = √(1 − cos²θ); cos² ≤ 1 in floating point for |cos| ≤ 1, so no clamp is needed
+    out.add_(torch.addcmul(_ONE, cos, cos, value=-1.0).sqrt_())
+    return out.mul_(norm).mul_(scale / (2 * math.pi))
 
 
 def _homogeneous_forms(a_plus: float, a_minus: float) -> dict[tuple[int, int], ClosedForm]:
     """Closed forms for σ(z) = a₊z (z≥0), a₋z (z<0) (book §5.2; Cho & Saul 2009)."""
     d = (a_plus - a_minus) ** 2
+    ab = a_plus * a_minus
 
-    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
-        return a_plus * a_minus * kab + d * _arccos1(kaa, kbb, kab)
+    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
+        out = _arccos1(kaa, kbb, kab, shared, scale=d)
+        return out.add_(kab, alpha=ab) if ab != 0.0 else out
 
-    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
         # P(z_a, z_b same sign) = (π − θ)/π, opposite sign θ/π.
-        _, cos = _cos_theta(kaa, kbb, kab)
-        theta = torch.arccos(cos)
-        same = (math.pi - theta) / (2 * math.pi)
-        return (a_plus**2 + a_minus**2) * same + 2 * a_plus * a_minus * (theta / (2 * math.pi))
+        theta = _theta(kaa, kbb, kab, shared)
+        out = torch.sub(math.pi, theta).mul_((a_plus**2 + a_minus**2) / (2 * math.pi))
+        return out.add_(theta, alpha=ab / math.pi) if ab != 0.0 else out
 
     return {(0, 0): f00, (1, 1): f11}
 
 
 def _erf_forms() -> dict[tuple[int, int], ClosedForm]:
-    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
-        arg = 2 * kab / torch.sqrt((1 + 2 * kaa) * (1 + 2 * kbb))
-        return (2 / math.pi) * torch.arcsin(torch.clamp(arg, -1.0, 1.0))
+    """⟨erf erf⟩ = (2/π) arcsin(u) and ⟨erf' erf'⟩ = (4/π)/√det(1 + 2K)
+    = (2/π) r_a r_b / √(1 − u²), with r = 1/√(½ + K) and u = K_ab r_a r_b
+    = 2K_ab/√((1 + 2K_aa)(1 + 2K_bb))."""
 
-    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+    def parts(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None) -> tuple:
+        def make() -> tuple[Tensor, Tensor, Tensor]:
+            # r_a, r_b: broadcast vectors, O(N)
+            ra, rb = _per_input(kaa, kbb, lambda k: torch.add(k, 0.5).rsqrt_())
+            return ra, rb, torch.mul(kab, ra).mul_(rb)
+
+        return _cached(shared, "erf_u", make)  # type: ignore[return-value]
+
+    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
+        u = parts(kaa, kbb, kab, shared)[2]
+        return torch.clamp(u, -1.0, 1.0).arcsin_().mul_(2 / math.pi)
+
+    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
         # erf' = (2/√π) e^{-z²}: a Gaussian integral of exp(-z_a² - z_b²).
-        det = (1 + 2 * kaa) * (1 + 2 * kbb) - 4 * kab * kab
-        return (4 / math.pi) / torch.sqrt(det)
+        ra, rb, u = parts(kaa, kbb, kab, shared)
+        # 1 − u² ≥ (1 + 2K_aa + 2K_bb)/((1 + 2K_aa)(1 + 2K_bb)) > 0 for a PSD block
+        # sqrt and div, not rsqrt: torch's float64 rsqrt is ~3× slower than sqrt
+        root = torch.addcmul(_ONE, u, u, value=-1.0).sqrt_()
+        return torch.div(ra * (2 / math.pi), root).mul_(rb)
 
     return {(0, 0): f00, (1, 1): f11}
 
@@ -257,10 +326,10 @@ def _erf_forms() -> dict[tuple[int, int], ClosedForm]:
 def _trig_forms(kind: str) -> dict[tuple[int, int], ClosedForm]:
     """⟨sin sin⟩ = e^{-(K_aa+K_bb)/2} sinh K_ab, ⟨cos cos⟩ = e^{-(K_aa+K_bb)/2} cosh K_ab."""
 
-    def ss(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+    def ss(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
         return torch.exp(-(kaa + kbb) / 2) * torch.sinh(kab)
 
-    def cc(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
+    def cc(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
         return torch.exp(-(kaa + kbb) / 2) * torch.cosh(kab)
 
     # sin' = cos and cos' = −sin, so (1,1) swaps the two and the sign squares away.
@@ -284,33 +353,36 @@ def _gelu_forms() -> dict[tuple[int, int], ClosedForm]:
     """
     inv_2pi = 1.0 / (2 * math.pi)
 
-    def parts(kaa: Tensor, kbb: Tensor, kab: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        P = (1 + kaa) * (1 + kbb)
-        D = (P - kab * kab).clamp_(min=1.0)
-        sqrtD = D.sqrt()
-        return P, D, sqrtD
+    def parts(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None) -> tuple:
+        def make() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+            ia, ib = _per_input(kaa, kbb, lambda k: torch.add(k, 1.0).reciprocal_())  # O(N)
+            D = torch.mul(kab, kab).neg_().addcmul_(1 + kaa, 1 + kbb).clamp_(min=1.0)  # P − c²
+            sqrtD = D.sqrt()
+            angle = torch.atan2(sqrtD, kab.neg())  # atan2(√D, −c)
+            inv_sqrtD = sqrtD.reciprocal_()  # sqrt + reciprocal: float64 rsqrt is slower
+            return ia, ib, D, inv_sqrtD, angle
 
-    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
-        P, D, sqrtD = parts(kaa, kbb, kab)
-        out = torch.atan2(sqrtD, -kab).mul_(kab)
-        # (abD + c²)/(P√D), accumulated in place: N² entries per layer
-        rest = (kaa * kbb).mul_(D).add_(kab * kab).div_(P.mul_(sqrtD))
-        return out.add_(rest).mul_(inv_2pi)
+        return _cached(shared, "gelu_det", make)  # type: ignore[return-value]
 
-    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor) -> Tensor:
-        P, D, sqrtD = parts(kaa, kbb, kab)
-        out = torch.atan2(sqrtD, -kab)
-        inv = (1 / (1 + kaa) + 1 / (1 + kbb)).div(sqrtD)
-        out.add_(inv.add_(1 / (D * sqrtD)).mul_(kab))
-        return out.mul_(inv_2pi)
+    def f00(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
+        ia, ib, D, inv_sqrtD, angle = parts(kaa, kbb, kab, shared)
+        # (abD + c²)/(P√D) + c·atan2, with 1/P = ia·ib
+        out = torch.mul(D, kaa).mul_(kbb).addcmul_(kab, kab).mul_(inv_sqrtD).mul_(ia).mul_(ib)
+        return out.addcmul_(angle, kab).mul_(inv_2pi)
+
+    def f11(kaa: Tensor, kbb: Tensor, kab: Tensor, shared: dict | None = None) -> Tensor:
+        ia, ib, D, inv_sqrtD, angle = parts(kaa, kbb, kab, shared)
+        # atan2 + c/√D [1/(1+a) + 1/(1+b) + 1/D]
+        out = torch.reciprocal(D).add_(ia).add_(ib).mul_(inv_sqrtD).mul_(kab)
+        return out.add_(angle).mul_(inv_2pi)
 
     return {(0, 0): f00, (1, 1): f11}
 
 
 def _linear_forms() -> dict[tuple[int, int], ClosedForm]:
     return {
-        (0, 0): lambda kaa, kbb, kab: kab.clone(),
-        (1, 1): lambda kaa, kbb, kab: torch.ones_like(kab),
+        (0, 0): lambda kaa, kbb, kab, shared=None: kab.clone(),
+        (1, 1): lambda kaa, kbb, kab, shared=None: torch.ones_like(kab),
     }
 
 

@@ -103,6 +103,15 @@ def chunk_size(net: MLP, n_inputs: int, dtype: torch.dtype, max_memory: int) -> 
     return int(b if b < BLOCK else (b // BLOCK) * BLOCK)
 
 
+def chunk_entries(
+    net: MLP, n_inputs: int, n_networks: int, dtype: torch.dtype, max_memory: int
+) -> int:
+    """Entries of the largest activation tensor of one chunk (networks × width × inputs): the
+    size by which :func:`pdlt._threads.threads_for` decides whether a second thread pays."""
+    B = min(chunk_size(net, n_inputs, dtype, max_memory), n_networks)
+    return B * max(net.widths[1:]) * n_inputs
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 

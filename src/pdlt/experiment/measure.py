@@ -30,10 +30,12 @@ import pandas as pd
 import torch
 
 from pdlt._tables import long_frame
+from pdlt._threads import walk_threads
 from pdlt.experiment.ensemble import (
     DEFAULT_MAX_MEMORY,
     Chunk,
     check_ensemble_args,
+    chunk_entries,
     forward_chunks,
     progress_bar,
     progress_enabled,
@@ -223,7 +225,11 @@ def measure(
     if unknown or not statistics:
         raise ValueError(f"unknown statistics {unknown}; available: {sorted(ESTIMATORS)}")
     estimators = [_load_factory(s)(net, xt) for s in dict.fromkeys(statistics)]
-    with progress_bar("sampling networks", n_networks, progress_enabled(progress)) as advance:
+    entries = chunk_entries(net, xt.shape[0], n_networks, dt, max_memory)
+    with (
+        walk_threads(entries),
+        progress_bar("sampling networks", n_networks, progress_enabled(progress)) as advance,
+    ):
         for chunk in forward_chunks(
             net, xt, n_networks, seed, dtype=dt, device=dev, max_memory=max_memory
         ):

@@ -32,10 +32,12 @@ import numpy as np
 import torch
 
 from pdlt import _validation
+from pdlt._threads import walk_threads
 from pdlt.experiment.ensemble import (
     DEFAULT_MAX_MEMORY,
     Chunk,
     check_ensemble_args,
+    chunk_entries,
     forward_chunks,
     resolve_device,
     resolve_dtype,
@@ -228,16 +230,17 @@ def empirical_ntk(
     idx = check_neurons(net, ell, neurons)
     dt, dev = resolve_dtype(dtype), resolve_device(device)
     Hs, Cs = [], []
-    for chunk in forward_chunks(
-        net, xt, n_networks, seed, dtype=dt, device=dev, max_memory=max_memory
-    ):
-        out = chunk_ntk(net, chunk, ell, idx, contributions=contributions)
-        check_finite_networks(out, chunk.start, "empirical NTK")
-        if contributions:
-            Cs.append(out)
-            Hs.append(out.sum(dim=1))
-        else:
-            Hs.append(out)
+    with walk_threads(chunk_entries(net, xt.shape[0], n_networks, dt, max_memory)):
+        for chunk in forward_chunks(
+            net, xt, n_networks, seed, dtype=dt, device=dev, max_memory=max_memory
+        ):
+            out = chunk_ntk(net, chunk, ell, idx, contributions=contributions)
+            check_finite_networks(out, chunk.start, "empirical NTK")
+            if contributions:
+                Cs.append(out)
+                Hs.append(out.sum(dim=1))
+            else:
+                Hs.append(out)
     return EmpiricalNTK(
         H=torch.cat(Hs),
         contributions=torch.cat(Cs) if contributions else None,

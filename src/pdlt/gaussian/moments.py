@@ -71,6 +71,8 @@ class KernelMapDerivatives:
 
 class LayerMoments:
     """Gaussian expectations under one layer's kernel K (N, N), each computed once on demand.
+    The closed-form ⟨σσ⟩, ⟨σ'σ'⟩ are not checked for finiteness here: the layer walk checks
+    every field it derives from them, one reduction each.
 
     Parameters
     ----------
@@ -99,18 +101,19 @@ class LayerMoments:
         self.act, self.K, self.tol, self.layer = act, K, tol, layer
         self.second_order = second_order
         self.N = K.shape[0]
+        self._shared: dict = {}  # the closed forms' intermediates on K (θ, …), shared by ss, dd
 
     # ---- two-point expectations (N, N) -------------------------------------------------------
 
     @cached_property
     def ss(self) -> Tensor:
         """⟨σ_a σ_b⟩: the kernel map (book §4.3) and the λ_W term of the NTK (eq. 8.50)."""
-        return pair_expectation(self.act, self.K, (0, 0))
+        return pair_expectation(self.act, self.K, (0, 0), shared=self._shared, checked=False)
 
     @cached_property
     def dd(self) -> Tensor:
         """⟨σ'_a σ'_b⟩: χ_⊥ on the diagonal (book §5.1), the NTK's propagation factor."""
-        return pair_expectation(self.act, self.K, (1, 1))
+        return pair_expectation(self.act, self.K, (1, 1), shared=self._shared, checked=False)
 
     # ---- derivatives of the kernel map (book §4.3, the J and H of the vertex recursions) ------
 

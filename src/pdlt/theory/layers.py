@@ -14,6 +14,7 @@ it reads) and, if it needs a new Gaussian expectation, one property of ``LayerMo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -130,8 +131,11 @@ def width_ratio(net: MLP, layer: int) -> float:
 
 
 def gram(x: Tensor) -> Tensor:
-    """x_α·x_β/n_0, the inputs' Gram matrix per input dimension (N, N)."""
-    return (x @ x.T) / x.shape[1]
+    """x_α·x_β/n_0, the inputs' Gram matrix per input dimension (N, N), on the walk's
+    threads (:func:`pdlt._threads.threads_for`): a small matmul on two threads of a busy
+    machine waits milliseconds for the second core."""
+    with walk_threads(x.shape[0] ** 2):
+        return (x @ x.T) / x.shape[1]
 
 
 def propagate(
@@ -258,7 +262,7 @@ def _check_first_layer(state: LayerState, gram_matrix: Tensor) -> None:
     """Layer 1 is C_b + C_W x·x/n_0: a non-finite value there is the inputs' (or the spec's)
     fault, so say so before any Gaussian integral is attempted."""
     for name, t in state.values.items():
-        if not torch.isfinite(t).all():
+        if not math.isfinite(t.sum().item()):
             big = float(torch.diagonal(gram_matrix).abs().max())
             raise ValueError(
                 f"{name} overflows float64 at layer 1: the inputs' squared norm per dimension "
@@ -270,7 +274,7 @@ def _check_first_layer(state: LayerState, gram_matrix: Tensor) -> None:
 def _check_finite(state: LayerState) -> None:
     for name, t in state.values.items():
         # one reduction: a sum is finite only if every entry is (see gaussian.pairs.finite)
-        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        if not math.isfinite(t.sum().item()) and not bool(torch.isfinite(t).all()):
             raise FloatingPointError(
                 f"{name} overflowed at layer {state.layer}: the network is far from criticality "
                 "(try a critical C_W, fewer layers, or smaller learning rates)"
@@ -296,14 +300,17 @@ class _EntryMoments:
     ) -> None:
         self.act, self.d_a, self.d_b, self.K_ab = act, d_a, d_b, K_ab
         self._cache: dict[tuple[int, int], Tensor] = {}
+        self._shared: dict = {}  # the closed forms' intermediates (θ, …), shared by ss, dd
 
     def _get(self, orders: tuple[int, int]) -> Tensor:
         if orders not in self._cache:
             if self.d_b is None:
-                self._cache[orders] = diagonal_expectation(self.act, self.d_a, orders)
+                self._cache[orders] = diagonal_expectation(
+                    self.act, self.d_a, orders, shared=self._shared
+                )
             else:
                 self._cache[orders] = cross_expectation(
-                    self.act, self.d_a, self.d_b, self.K_ab, orders
+                    self.act, self.d_a, self.d_b, self.K_ab, orders, shared=self._shared
                 )
         return self._cache[orders]
 

@@ -102,11 +102,12 @@ def ntk_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) -> dict[st
     γ² Ĥ^{(ℓ)} and the cross terms γ(Wσ'Ĥ + Ĥσ'Wᵀ), whose means vanish (E[W] = 0).
     """
     i = layer - 1
-    theta = torch.mul(m.dd, prev.Theta).mul_(net.C_W[i])  # in place: N² entries per layer
+    # in place, three passes over the N² entries: λ_W⟨σσ⟩, + C_W⟨σ'σ'⟩Θ, + λ_b
+    theta = torch.mul(m.ss, net.lambda_W[i]).addcmul_(m.dd, prev.Theta, value=net.C_W[i])
     gamma = net.skip[i]
     if gamma != 0.0:  # a residual layer adds γ² Θ (eq. B.3)
         theta.add_(prev.Theta, alpha=gamma**2)
-    return {"Theta": theta.add_(m.ss, alpha=net.lambda_W[i]).add_(net.lambda_b[i])}
+    return {"Theta": theta.add_(net.lambda_b[i])}
 
 
 NTK_MEAN = Recursion(
