@@ -152,6 +152,24 @@ def test_relu_nu_is_the_deep_slope_of_the_recursion():
         assert abs(nu - (1 - gamma**2) * (5 - gamma**2)) > 1.0
 
 
+@pytest.mark.parametrize("act", ["gelu", "swish"])
+def test_half_stable_nu_is_the_slope_of_the_recursion_at_k_star(act):
+    """Half-stable class: ν(γ) of pdlt.critical_point (the Hermite series of σ² at K*) is the
+    per-layer increment of V/K² of the walk started at K* (K stays there, J + γ² = 1), and at
+    γ → 0 it joins the plain ν = C_W² Var_{K*}[σ²]/K*²."""
+    gamma = 0.5
+    cp = pdlt.critical_point(act, skip=gamma)
+    x = np.sqrt([[(cp.K_star - cp.C_b) / cp.C_W]])  # K^(1) = K*
+    net = pdlt.MLP(
+        act, depth=40, width=64, input_dim=1, output_dim=64, C_b=cp.C_b, C_W=cp.C_W, skip=gamma
+    )
+    fw = pdlt.four_point_vertex(net, x)
+    assert np.allclose(fw.K[:, 0, 0], cp.K_star, rtol=1e-9)
+    assert np.diff(fw.normalized[:, 0])[-1] == pytest.approx(cp.vertex_growth, rel=1e-6)
+    plain = pdlt.critical_point(act).vertex_growth
+    assert pdlt.critical_point(act, skip=1e-8).vertex_growth == pytest.approx(plain, rel=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # Monte Carlo: real torch networks
 

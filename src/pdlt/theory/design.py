@@ -44,7 +44,8 @@ def optimal_aspect_ratio(
     ------
     ValueError
         When the activation has no criticality (ν is defined at criticality only), or when ν(γ)
-        is not available (a residual network with a non-odd σ, see :func:`pdlt.critical_point`).
+        is not available (an activation whose plain ν is not derived, such as ELU; see
+        :func:`pdlt.critical_point`).
 
     Examples
     --------

@@ -434,24 +434,28 @@ def residual_nu(cp: CriticalPoint, gamma: float, act: Activation) -> float | Non
     (the book's B.29 form); ReLU: not the book's (1 − γ²)(5 − γ²), which keeps only j = 2 of
     the cross-layer terms (ν(0.5) = 6.50, not 3.56; Monte Carlo agrees with the former).
     K* = 0 class: (2/3)(1 − γ⁴) (B.35): as K → 0 the cross-layer covariances approach their
-    second Hermite order, which the book's recursion keeps exactly. None for the half-stable
-    classes (K flows to K* as a power law; no closed slope); γ = 0 is the plain ν.
+    second Hermite order, which the book's recursion keeps exactly. Half-stable class (GELU,
+    SWISH), started at K* as its plain ν is: K stays at K* and J + γ² = χ_∥ = 1 there, so the
+    same series holds with c_j those of σ²(√K* u), C_W = (1 − γ²)C_W*, divided by K*²
+    (γ = 0: C_W*² Var_{K*}[σ²]/K*², the plain value). γ = 0 is the plain ν.
     """
-    if gamma == 0.0:
+    if gamma == 0.0 or cp.vertex_growth is None:  # no plain ν (ELU's kink): no residual one
         return cp.vertex_growth
     g2 = gamma * gamma
     if cp.universality_class == "K*=0":
         return (2.0 / 3.0) * (1.0 - g2 * g2)
-    if cp.universality_class == "scale-invariant":
+    if cp.universality_class in ("scale-invariant", "half-stable"):
         from pdlt.gaussian import hermite_coefficients
 
-        one = torch.ones(1, dtype=torch.float64)
-        c, _ = hermite_coefficients(lambda z: act.fn(z) ** 2, one, 400, kinks=act.kinks)
+        # scale-invariant: any K (σ² is homogeneous of degree 2), take K = 1
+        K = 1.0 if cp.universality_class == "scale-invariant" else float(cp.K_star)
+        var = torch.full((1,), K, dtype=torch.float64)
+        c, _ = hermite_coefficients(lambda z: act.fn(z) ** 2, var, 400, kinks=act.kinks)
         j = torch.arange(1, c.shape[1], dtype=torch.float64)
         gj = gamma**j
         series = float((c[0, 1:] ** 2 * (1 + gj) / (1 - gj)).sum())
-        C_W = (1.0 - g2) / cp.A2
-        return C_W**2 * series
+        C_W = (1.0 - g2) * cp.C_W
+        return C_W**2 * series / K**2
     return None
 
 
