@@ -254,17 +254,49 @@ def homogeneous_product(
     return out
 
 
-def _homogeneous(a_plus: float, a_minus: float, S: Tensor, mult: tuple[int, ...]) -> Tensor:
+def _homogeneous(
+    a_plus: float,
+    a_minus: float,
+    S: Tensor,
+    mult: tuple[int, ...],
+    powers: tuple[int, ...] | None = None,
+) -> Tensor:
     d = S.shape[-1]
     rec = _Truncated(S)
     b = [a_minus**m for m in mult]
     c = [a_plus**m - a_minus**m for m in mult]
+    k = tuple(mult) if powers is None else tuple(powers)
     out = torch.zeros(S.shape[0], dtype=DTYPE)
     for mask in range(2**d):
         subset = frozenset(r for r in range(d) if mask >> r & 1)
         coef = math.prod(c[r] if r in subset else b[r] for r in range(d))
         if coef != 0.0:
-            out = out + coef * rec((), tuple(mult), subset)
+            out = out + coef * rec((), k, subset)
+    return out
+
+
+def homogeneous_mixed_product(
+    a_plus: float,
+    a_minus: float,
+    K: Tensor,
+    inputs: Tensor,
+    mult: tuple[int, ...],
+    powers: tuple[int, ...],
+) -> Tensor:
+    """⟨Π_r σ(z_r)^{powers[r]} σ'(z_r)^{mult[r] − powers[r]}⟩_K for the relu family: σ and σ'
+    are both a± on either side of 0, so a variable with ``mult[r]`` slots of which
+    ``powers[r]`` hold σ is z_r^{powers[r]} (b_r + c_r 1{z_r > 0}) with the coefficients of
+    :func:`homogeneous_product` (whose special case powers = mult this is); singular
+    sub-kernels regularized and extrapolated the same way."""
+    S = K[inputs[:, :, None], inputs[:, None, :]]
+    bad = degenerate(S)
+    out = _homogeneous(a_plus, a_minus, S, mult, powers)
+    if bool(bad.any()):
+        Sb = S[bad]
+        D = torch.diag_embed(torch.diagonal(Sb, dim1=-2, dim2=-1))
+        e1 = _homogeneous(a_plus, a_minus, Sb + REGULARIZE * D, mult, powers)
+        e2 = _homogeneous(a_plus, a_minus, Sb + 2 * REGULARIZE * D, mult, powers)
+        out[bad] = 2 * e1 - e2
     return out
 
 

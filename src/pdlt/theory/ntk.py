@@ -24,6 +24,7 @@ This module gives Θ (:func:`ntk`) and its O(1/n) fluctuations D, F, A, B
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import pandas as pd
 import torch
 
 from pdlt._tables import long_frame
-from pdlt.gaussian import LayerMoments
+from pdlt.gaussian import LayerMoments, expect_product, input_pairs
+from pdlt.gaussian.orthant import homogeneous_mixed_product
 from pdlt.gaussian.rules import nodes_per_piece, split_rule
 from pdlt.network import MLP, require_plain, validate_inputs
 from pdlt.theory.kernel import KERNEL, relabel_layers, walk_entrywise
@@ -45,7 +47,13 @@ from pdlt.theory.layers import (
     propagate,
     width_ratio,
 )
-from pdlt.theory.vertex import VERTEX, extended_path, pairs_to_tensor
+from pdlt.theory.vertex import (
+    VERTEX,
+    _joint_kernels,
+    extended_path,
+    pairs_to_tensor,
+    residual_jacobian,
+)
 
 Tensor = torch.Tensor
 
@@ -459,17 +467,90 @@ def path_moments(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> dict
     }
 
 
+def _slot_products(act: object, big: Tensor, idx: Tensor, orders: tuple[int, ...], tol: float):
+    """⟨Π_s σ^{(orders[s])}(z_{idx[t, s]})⟩ over the block kernel ``big`` for rows whose only
+    repeated indices are within slots (0, 1) and within slots (2, 3) (a pair of one layer):
+    the relu family in closed form (truncated moments with σ' slots, by repetition pattern),
+    anything else through :func:`pdlt.gaussian.expect_product`."""
+    if act.homogeneous is None:
+        fns = [act.derivative(o) for o in orders]
+        return expect_product(fns, big, idx, kinks=act.kinks, tol=tol)
+    a_plus, a_minus = act.homogeneous
+    out = torch.empty(idx.shape[0], dtype=torch.float64)
+    groups = [(0, 1), (2, 3)][: idx.shape[1] // 2]
+    same = [idx[:, i] == idx[:, j] for i, j in groups]
+    for pattern in itertools.product((False, True), repeat=len(groups)):
+        rows = torch.ones(idx.shape[0], dtype=torch.bool)
+        for flag, eq in zip(pattern, same, strict=True):
+            rows &= eq if flag else ~eq
+        if not bool(rows.any()):
+            continue
+        cols, mult, powers = [], [], []
+        for flag, (i, j) in zip(pattern, groups, strict=True):
+            slots = [(i, j)] if flag else [(i,), (j,)]
+            for sl in slots:
+                cols.append(sl[0])
+                mult.append(len(sl))
+                powers.append(sum(orders[s] == 0 for s in sl))
+        out[rows] = homogeneous_mixed_product(
+            a_plus, a_minus, big, idx[rows][:, cols], tuple(mult), tuple(powers)
+        )
+    return out
+
+
+def path_slot_covariances(
+    act: object, path_K: Tensor, path_g: Tensor, K: Tensor, tol: float
+) -> dict[str, Tensor]:
+    """Cross-layer covariances of one path over input pairs, per earlier layer m (h, P, P):
+    ``xy`` = Cov(x_r(z^{(m)}), y_q(z^{(ℓ)})) for x, y ∈ {s: σ_aσ_b, d: σ'_aσ'_b} (pairs r, q),
+    the multi-input form of :func:`path_moments`' ss_ss, ss_dd, dd_ss, dd_dd."""
+    h, N = path_K.shape[0], K.shape[0]
+    pairs, _ = input_pairs(N)
+    P = pairs.shape[0]
+    blocks = _joint_kernels(path_K, path_g, K)
+    big = torch.block_diag(*blocks)
+    base = 2 * N * torch.arange(h)
+    bm = base.repeat_interleave(P * P)
+    r = torch.arange(P).repeat_interleave(P).repeat(h)
+    q = torch.arange(P).repeat(P * h)
+    idx4 = torch.stack(
+        [bm + pairs[r, 0], bm + pairs[r, 1], bm + N + pairs[q, 0], bm + N + pairs[q, 1]], dim=1
+    )
+    b2 = base.repeat_interleave(P)
+    p2 = torch.arange(P).repeat(h)
+    idx_m = torch.stack([b2 + pairs[p2, 0], b2 + pairs[p2, 1]], dim=1)
+    idx_l = idx_m + N
+    mean_m = {o: _slot_products(act, big, idx_m, (o, o), tol).reshape(h, P) for o in (0, 1)}
+    mean_l = {o: _slot_products(act, big, idx_l, (o, o), tol).reshape(h, P) for o in (0, 1)}
+    out = {}
+    for x, ox in (("s", 0), ("d", 1)):
+        for y, oy in (("s", 0), ("d", 1)):
+            E = _slot_products(act, big, idx4, (ox, ox, oy, oy), tol).reshape(h, P, P)
+            out[x + y] = E - mean_m[ox][:, :, None] * mean_l[oy][:, None, :]
+    return out
+
+
+def _empty_residual(N: int) -> dict[str, Tensor]:
+    """Path coefficients of χ and φ_b with no earlier layer on the path."""
+    P = N * (N + 1) // 2
+    return {
+        "path_cs": torch.zeros((0, P, P), dtype=torch.float64),
+        "path_cd": torch.zeros((0, P, P), dtype=torch.float64),
+        "path_cb": torch.zeros((0,) + (N,) * 4, dtype=torch.float64),
+    }
+
+
 def _residual_first(g: Tensor) -> dict[str, Tensor]:
     """The residual bookkeeping of layer 1 (Gaussian, deterministic NTK): all zero; the F form
-    Q over the basis (1, z^{(1)})."""
-    empty = torch.zeros((0,), dtype=torch.float64)
-    zero = torch.zeros((), dtype=torch.float64)
+    Q over the basis (1, z^{(1)}) (one input)."""
+    N = g.shape[0]
+    P = N * (N + 1) // 2
+    zero = torch.zeros((P, P), dtype=torch.float64)
     return {
+        "Ap": zero,
         "Xi": zero,
         "Zc": zero,
-        "path_cs": empty,
-        "path_cd": empty,
-        "path_cb": empty,
+        **_empty_residual(N),
         "Fq": torch.zeros((2, 2), dtype=torch.float64),
     }
 
@@ -477,79 +558,134 @@ def _residual_first(g: Tensor) -> dict[str, Tensor]:
 def residual_fluctuation_step(
     net: MLP, layer: int, prev: LayerState, m: LayerMoments
 ) -> dict[str, Tensor]:
-    """D, F, A, B of a network with residual layers, one input, layer ℓ → ℓ+1 = ``layer`` (the
-    derivation is in the comment above :func:`_path_rule`). The path (its layers' K, g and ψ
+    """D, F, A, B of a network with residual layers, layer ℓ → ℓ+1 = ``layer`` (the derivation
+    is in the comment above :func:`_path_rule`). The path (its layers' K, g and ψ
     coefficients) is the vertex's (:func:`pdlt.theory.vertex.residual_vertex_step`); this step
-    carries χ's and φ_b's coefficients on the same layers and the form Q of F."""
+    carries χ's and φ_b's coefficients on the same layers (:func:`_residual_ADB`, any N) and
+    the form Q of F (one input)."""
     i = layer - 1
-    C_W, C_b, lam_W, gamma = net.C_W[i], net.C_b[i], net.lambda_W[i], net.skip[i]
+    C_W, C_b, gamma = net.C_W[i], net.C_b[i], net.skip[i]
+    r = width_ratio(net, layer)
+    keep = None if gamma == 0.0 else extended_path(prev.path_g, gamma)[1]
+    out = _residual_ADB(net, layer, prev, m, keep)
+    if m.N > 1:
+        raise NotImplementedError("F of residual MLPs on several inputs is not derived")
+    t = m.fluctuation_terms
+    K, Th = m.K[0, 0], prev.Theta[0, 0]
+    ss = m.ss[0, 0]
+    d2s2, P1 = t["ddss"][0, 0, 0, 0], t["P1"][0, 0, 0]
+    s_mean = m.local.mean(0, 1)[0, 0]  # ⟨σσ'⟩
+    G = C_b + C_W * ss  # variance of the new innovation
+    h = prev.path_K.shape[0]
+    if h:
+        pm = path_moments(m.act, prev.path_K, prev.path_g, K)
+    else:
+        pm = {k: torch.zeros((0,), dtype=torch.float64) for k in ("s_s", "s_z", "s")}
+    new_F, Fq = _residual_F(prev, pm, h, K, Th, G, C_W, gamma, r, P1, d2s2, s_mean)
+    if keep is None:
+        keep = torch.zeros(h + 1, dtype=torch.bool)
+    Fq = _reduce_form(Fq, keep, torch.cat([pm["s"], s_mean.reshape(1)]))
+    return out | {"F": new_F.reshape(1, 1, 1, 1), "Fq": Fq}
+
+
+def _residual_ADB(
+    net: MLP, layer: int, prev: LayerState, m: LayerMoments, keep: Tensor | None
+) -> dict[str, Tensor]:
+    """A, B, D of a residual layer ℓ → ℓ+1 on N inputs (derivation above :func:`_path_rule`,
+    over input pairs p = (a, b)): χ and ψ are P-vectors, a = diag(γ² + C_W⟨σ'σ'⟩_p),
+    b_pq = ∂⟨X_p⟩/∂K_q (the symmetric-variable derivative, as the vertex's J), and the path
+    coefficients of χ (on φ_ss, φ_dd of each earlier layer) are P×P matrices; the B form's
+    φ_b coefficients are one number per (a, b, c, d) and layer. ``keep``: the layers of the
+    path of ℓ+1 (None: the path is cut)."""
+    i = layer - 1
+    C_W, lam_W, gamma = net.C_W[i], net.lambda_W[i], net.skip[i]
     g2 = gamma * gamma
     r = width_ratio(net, layer)
     t = m.fluctuation_terms
-    K, Th = m.K[0, 0], prev.Theta[0, 0]
-    ss, dd = m.ss[0, 0], m.dd[0, 0]
-    s4, d2s2, d4 = t["ssss"][0, 0, 0, 0], t["ddss"][0, 0, 0, 0], t["dddd"][0, 0, 0, 0]
-    P_ss, P_dd, P1 = t["P_ss"][0, 0, 0, 0], t["P_dd"][0, 0, 0, 0], t["P1"][0, 0, 0]
-    s_mean = m.local.mean(0, 1)[0, 0]  # ⟨σσ'⟩
-    G = C_b + C_W * ss  # variance of the new innovation
-    a = g2 + C_W * dd
-    P_X = lam_W * P_ss + C_W * Th * P_dd
-    b = 0.5 * P_X
-    A_psi = C_W * 0.5 * P_ss + g2  # J + γ², one input
-    var_s, var_d, cov_sd = s4 - ss * ss, d4 - dd * dd, d2s2 - ss * dd
-    var_e = lam_W**2 * var_s + 2 * lam_W * C_W * Th * cov_sd + (C_W * Th) ** 2 * var_d
-    cov_e_phi = lam_W * var_s + C_W * Th * cov_sd
+    N = m.N
+    pairs, index = input_pairs(N)
+    pa, pb = pairs[:, 0], pairs[:, 1]
+    P = pairs.shape[0]
+    K, Th, dd, ss = m.K, prev.Theta, m.dd, m.ss
+    Th_p, dd_p, ss_p = Th[pa, pb], dd[pa, pb], ss[pa, pb]
+
+    def to_pairs(T: Tensor) -> Tensor:  # (N, N, N, N) → (P, P)
+        return T[pa[:, None], pb[:, None], pa[None, :], pb[None, :]]
+
+    # symmetric-variable derivative ∂/∂K_q = ½⟨∂_c∂_d⟩ (c = d) or ⟨∂_c∂_d⟩ (c ≠ d)
+    half = torch.where(pa == pb, 0.5, 1.0)
+    P_X = lam_W * t["P_ss"] + C_W * Th[:, :, None, None] * t["P_dd"]  # ⟨∂∂X⟩ (a, b, β1, β2)
+    bmat = to_pairs(P_X) * half[None, :]
+    a = g2 + C_W * dd_p  # (P,)
+    A_psi = residual_jacobian(net, layer, m)
+    cov_ss = to_pairs(t["ssss"]) - torch.outer(ss_p, ss_p)
+    cov_ds = to_pairs(t["ddss"]) - torch.outer(dd_p, ss_p)  # Cov(σ'σ'_p, σσ_q)
+    cov_dd = to_pairs(t["dddd"]) - torch.outer(dd_p, dd_p)
+    cW = C_W * Th_p
+    var_e = (
+        lam_W**2 * cov_ss
+        + lam_W * (cW[:, None] * cov_ds + cov_ds.T * cW[None, :])
+        + cW[:, None] * cW[None, :] * cov_dd
+    )
+    cov_e_phi = lam_W * cov_ss + cW[:, None] * cov_ds  # Cov(e_p, σσ_q)
     h = prev.path_K.shape[0]
-    cs, cd, cb = prev.path_cs, prev.path_cd, prev.path_cb
-    B_psi = prev.path_B[:, 0, 0]
-    zero = torch.zeros((), dtype=torch.float64)
+    cs, cd, cb, B_psi = prev.path_cs, prev.path_cd, prev.path_cb, prev.path_B
+    zero = torch.zeros((P, P), dtype=torch.float64)
+    E_R = torch.zeros((N,) * 4, dtype=torch.float64)
     if h:
-        pm = path_moments(m.act, prev.path_K, prev.path_g, K)
-        y_ps, y_pd = (B_psi * pm["ss_ss"]).sum(), (B_psi * pm["ss_dd"]).sum()
-        y_cs = (cs * pm["ss_ss"] + cd * pm["dd_ss"]).sum()
-        y_cd = (cs * pm["ss_dd"] + cd * pm["dd_dd"]).sum()
-        y_b = (cb * pm["dd_dd"]).sum()
+        Q = path_slot_covariances(m.act, prev.path_K, prev.path_g, K, m.tol)
+        y_ps = torch.einsum("mpr,mrq->pq", B_psi, Q["ss"])  # Cov(ψ_p, σσ_q(z^{(ℓ)}))
+        y_pd = torch.einsum("mpr,mrq->pq", B_psi, Q["sd"])
+        y_cs = torch.einsum("mpr,mrq->pq", cs, Q["ss"]) + torch.einsum("mpr,mrq->pq", cd, Q["ds"])
+        y_cd = torch.einsum("mpr,mrq->pq", cs, Q["sd"]) + torch.einsum("mpr,mrq->pq", cd, Q["dd"])
+        # E[σ'_aσ'_b(z^{(ℓ)}) φ_R;abcd], φ_R;abcd = Σ_m cb_m;abcd φ_dd;cd(z^{(m)})
+        Qdd = Q["dd"][:, index[:, :, None, None], index[None, None, :, :]]  # (m, c, d, a, b)
+        E_R = torch.einsum("mabcd,mcdab->abcd", cb, Qdd)
     else:
-        pm = {k: torch.zeros((0,), dtype=torch.float64) for k in ("s_s", "s_z", "s")}
-        y_ps = y_pd = y_cs = y_cd = y_b = zero
-    cov_psi_e = lam_W * y_ps + C_W * Th * y_pd  # Cov(ψ, e(z^{(ℓ)}))
-    cov_chi_e = lam_W * y_cs + C_W * Th * y_cd
-    Psi, X = prev.Psi[0, 0], prev.X[0, 0]
-    A, Xi, Z, beta = prev.A[0, 0, 0, 0], prev.Xi, prev.Zc, prev.B[0, 0, 0, 0]
-    new_A = r * (a * a * A + 2 * a * b * Xi + b * b * Psi) + var_e
-    new_A = new_A + 2 * a * cov_chi_e + 2 * b * cov_psi_e
-    new_Xi = r * A_psi * (a * Xi + b * Psi) + C_W * (a * y_cs + b * y_ps)
-    new_Xi = new_Xi + A_psi * cov_psi_e + C_W * cov_e_phi
-    new_Z = g2 * (r * (a * Z + b * X) + K * K * P_X) if gamma != 0.0 else zero
-    new_B = C_W**2 * Th**2 * d4 + 2 * g2 * C_W * Th**2 * dd
-    new_B = new_B + r * (a * a * beta + 2 * a * C_W * y_b)
-    new_F, Fq = _residual_F(prev, pm, h, K, Th, G, C_W, gamma, r, P1, d2s2, s_mean)
-    # coefficients on the layers of the path of layer ℓ+1 (the vertex drops the same ones)
-    if gamma == 0.0:
-        keep = torch.zeros(h + 1, dtype=torch.bool)
+        y_ps = y_pd = y_cs = y_cd = zero
+    cov_psi_e = lam_W * y_ps + y_pd * cW[None, :]  # Cov(ψ_p, e_q(z^{(ℓ)}))
+    cov_chi_e = lam_W * y_cs + y_cd * cW[None, :]
+    Psi, X = prev.Psi, prev.X
+    A, Xi, Z = prev.Ap, prev.Xi, prev.Zc
+    aA = a[:, None] * A * a[None, :]
+    aXb = a[:, None] * Xi @ bmat.T
+    new_A = r * (aA + aXb + aXb.T + bmat @ Psi @ bmat.T) + var_e
+    ce = a[:, None] * cov_chi_e + bmat @ cov_psi_e
+    new_A = new_A + ce + ce.T
+    new_Xi = r * (a[:, None] * Xi + bmat @ Psi) @ A_psi.T + C_W * (a[:, None] * y_cs + bmat @ y_ps)
+    new_Xi = new_Xi + cov_psi_e.T @ A_psi.T + C_W * cov_e_phi
+    if gamma != 0.0:
+        # Cov(e_p, z_c z_d) = Σ_ef K_ce K_df ⟨∂_e∂_f e_p⟩ (Stein)
+        KPK = torch.einsum("ce,abef,df->abcd", K, P_X, K)
+        new_Z = g2 * (r * (a[:, None] * Z + bmat @ X) + to_pairs(KPK))
     else:
-        _, keep = extended_path(prev.path_g, gamma)
-    one = torch.ones(1, dtype=torch.float64)
-    path_cs = torch.cat([a * cs + b * B_psi, lam_W * one])[keep]
-    path_cd = torch.cat([a * cd, C_W * Th * one])[keep]
-    path_cb = torch.cat([r * g2 * a * cb, g2 * C_W * Th**2 * one])[keep]
-    Fq = _reduce_form(Fq, keep, torch.cat([pm["s"], s_mean.reshape(1)]))
-
-    def t4(x: Tensor) -> Tensor:
-        return x.reshape(1, 1, 1, 1)
-
-    return {
-        "D": t4(new_Z + new_Xi),
-        "F": t4(new_F),
-        "A": t4(new_A),
-        "B": t4(new_B),
+        new_Z = zero
+    # B[a,b,c,d] = n E[Ĥ_ik;ac Ĥ_ik;bd] = β + φ_R(i) + φ_L(k), φ_L;abcd = φ_R;cdab
+    ThTh = Th[:, None, :, None] * Th[None, :, None, :]  # Θ_ac Θ_bd
+    D_ab, D_cd = dd[:, :, None, None], dd[None, None, :, :]
+    new_B = C_W**2 * ThTh * t["dddd"] + g2 * C_W * ThTh * (D_ab + D_cd)
+    new_B = new_B + r * (
+        (g2 + C_W * D_ab) * (g2 + C_W * D_cd) * prev.B
+        + C_W * (g2 + C_W * D_cd) * E_R
+        + C_W * (g2 + C_W * D_ab) * E_R.permute(2, 3, 0, 1)
+    )
+    out = {
+        "D": pairs_to_tensor(new_Xi + new_Z, N),
+        "A": pairs_to_tensor(new_A, N),
+        "B": new_B,
+        "Ap": new_A,
         "Xi": new_Xi,
         "Zc": new_Z,
-        "path_cs": path_cs,
-        "path_cd": path_cd,
-        "path_cb": path_cb,
-        "Fq": Fq,
     }
+    eye = torch.eye(P, dtype=torch.float64)[None]
+    if keep is None:
+        out |= _empty_residual(N)
+    else:
+        out["path_cs"] = torch.cat([a[:, None] * cs + bmat @ B_psi, lam_W * eye])[keep]
+        out["path_cd"] = torch.cat([a[:, None] * cd, torch.diag(cW)[None]])[keep]
+        new_cb = (g2 * C_W * ThTh)[None]
+        out["path_cb"] = torch.cat([r * g2 * (g2 + C_W * D_cd) * cb, new_cb])[keep]
+    return out
 
 
 def _residual_F(
