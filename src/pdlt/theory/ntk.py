@@ -551,7 +551,9 @@ def _residual_first(g: Tensor) -> dict[str, Tensor]:
         "Xi": zero,
         "Zc": zero,
         **_empty_residual(N),
-        "Fq": torch.zeros((2, 2), dtype=torch.float64),
+        "Fq": torch.zeros((N, N, 1 + N, 1 + N), dtype=torch.float64),
+        "path_P1": torch.zeros((0, N, N, N), dtype=torch.float64),
+        "path_s1": torch.zeros((0, N, N), dtype=torch.float64),
     }
 
 
@@ -562,30 +564,13 @@ def residual_fluctuation_step(
     is in the comment above :func:`_path_rule`). The path (its layers' K, g and ψ
     coefficients) is the vertex's (:func:`pdlt.theory.vertex.residual_vertex_step`); this step
     carries χ's and φ_b's coefficients on the same layers (:func:`_residual_ADB`, any N) and
-    the form Q of F (one input)."""
-    i = layer - 1
-    C_W, C_b, gamma = net.C_W[i], net.C_b[i], net.skip[i]
-    r = width_ratio(net, layer)
+    the forms Q^{ac} of F (:func:`_residual_F`), on N inputs."""
+    gamma = net.skip[layer - 1]
     keep = None if gamma == 0.0 else extended_path(prev.path_g, gamma)[1]
     out = _residual_ADB(net, layer, prev, m, keep)
-    if m.N > 1:
-        raise NotImplementedError("F of residual MLPs on several inputs is not derived")
-    t = m.fluctuation_terms
-    K, Th = m.K[0, 0], prev.Theta[0, 0]
-    ss = m.ss[0, 0]
-    d2s2, P1 = t["ddss"][0, 0, 0, 0], t["P1"][0, 0, 0]
-    s_mean = m.local.mean(0, 1)[0, 0]  # ⟨σσ'⟩
-    G = C_b + C_W * ss  # variance of the new innovation
-    h = prev.path_K.shape[0]
-    if h:
-        pm = path_moments(m.act, prev.path_K, prev.path_g, K)
-    else:
-        pm = {k: torch.zeros((0,), dtype=torch.float64) for k in ("s_s", "s_z", "s")}
-    new_F, Fq = _residual_F(prev, pm, h, K, Th, G, C_W, gamma, r, P1, d2s2, s_mean)
     if keep is None:
-        keep = torch.zeros(h + 1, dtype=torch.bool)
-    Fq = _reduce_form(Fq, keep, torch.cat([pm["s"], s_mean.reshape(1)]))
-    return out | {"F": new_F.reshape(1, 1, 1, 1), "Fq": Fq}
+        keep = torch.zeros(prev.path_K.shape[0] + 1, dtype=torch.bool)
+    return out | _residual_F(net, layer, prev, m, keep)
 
 
 def _residual_ADB(
@@ -688,77 +673,107 @@ def _residual_ADB(
     return out
 
 
+def _mixed_path_products(act: object, path_K: Tensor, path_g: Tensor, K: Tensor, tol: float):
+    """E[σ_{c'}σ'_c(z^{(ℓ)}) σ_{e1}σ'_{e2}(z^{(m)})] per earlier layer m of one path,
+    (h, c, c', e1, e2): the cross-layer functions μ of the F form."""
+    h, N = path_K.shape[0], K.shape[0]
+    big = torch.block_diag(*_joint_kernels(path_K, path_g, K))
+    grid = torch.cartesian_prod(*[torch.arange(N)] * 4)  # (c, c', e1, e2)
+    base = (2 * N * torch.arange(h)).repeat_interleave(grid.shape[0])
+    g = grid.repeat(h, 1)
+    idx = torch.stack([base + g[:, 2], base + g[:, 3], base + N + g[:, 1], base + N + g[:, 0]], 1)
+    return _slot_products(act, big, idx, (0, 1, 0, 1), tol).reshape((h,) + (N,) * 4)
+
+
 def _residual_F(
-    prev: LayerState,
-    pm: dict[str, Tensor],
-    h: int,
-    K: Tensor,
-    Th: Tensor,
-    G: Tensor,
-    C_W: float,
-    gamma: float,
-    r: float,
-    P1: Tensor,
-    d2s2: Tensor,
-    s_mean: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """F^{(ℓ+1)} = ν'ᵀQ'ν' and the form Q' over the full basis (1, z_path, z^{(ℓ)}, z^{(ℓ+1)},
-    s_path, s^{(ℓ)}) (2h + 4), from Q over (1, z_path, z^{(ℓ)}, s_path) (2h + 2)."""
-    Q = prev.Fq
-    Km, g = prev.path_K[:, 0, 0], prev.path_g
-    one = torch.ones(1, dtype=torch.float64)
-    # μ_a = E[s^{(ℓ)} f_a] over the basis of layer ℓ (Stein: E[s(z^{(ℓ)}) z^{(m)}] = g K_m ⟨s'⟩)
-    mu = torch.cat([s_mean * one, g * Km * P1, K * P1 * one, pm["s_s"]])
-    Qmu = Q @ mu
-    alpha = C_W**2 * (Th * d2s2 + r * (mu @ Qmu)) / G**2
-    n_full = 2 * h + 4
-    old = torch.cat([torch.arange(h + 2), torch.arange(h + 3, 2 * h + 3)])  # old → full
-    z_new, z_cur, s_cur = h + 2, h + 1, 2 * h + 3
-    emb = torch.zeros((n_full, n_full), dtype=torch.float64)
-    emb[old[:, None], old[None, :]] = Q
-    v = torch.zeros(n_full, dtype=torch.float64)
-    v[old] = Qmu
-    u = torch.zeros(n_full, dtype=torch.float64)
-    u[z_new] = 1.0
-    u[z_cur] = -gamma
-    e = torch.zeros(n_full, dtype=torch.float64)
-    e[s_cur] = 1.0
-    c1, c2 = gamma * C_W * Th / G, gamma * C_W / G
-    Qn = (
-        alpha * torch.outer(u, u)
-        + c1 * (torch.outer(u, e) + torch.outer(e, u))
-        + r * c2 * (torch.outer(u, v) + torch.outer(v, u))
-        + r * gamma**2 * emb
-    )
-    # ν'_a = E[f_a z^{(ℓ+1)}]: γ E[f_a z^{(ℓ)}] for the old path functions, K^{(ℓ+1)} for z^{(ℓ+1)}
-    nu = torch.cat(
-        [
-            0 * one,
-            gamma * g * Km,
-            gamma * K * one,
-            (G + gamma**2 * K) * one,
-            gamma * pm["s_z"],
-            gamma * K * P1 * one,
-        ]
-    )
-    return nu @ Qn @ nu, Qn
+    net: MLP, layer: int, prev: LayerState, m: LayerMoments, keep: Tensor
+) -> dict[str, Tensor]:
+    """F^{(ℓ+1)} and the forms Q^{ac} of q(i, k)_{ac} = n E[Ĥ_ik;ac | paths] over the basis
+    f = (1, z_path, z^{(ℓ)}, s_path) with s_{e1e2} = σ_{e1}σ'_{e2} (N² per layer); see the
+    comment above :func:`_path_rule` (one input) — on N inputs ε̃ = G⁻¹ε replaces ε/G, and
+    the s functions, the μ's and α carry input indices:
 
+        q' = ε̃_iᵀα^{ac}ε̃_k + γC_WΘ_ac(ε̃_k·s_{·c}(i) + ε̃_i·s_{·a}(k))
+             + rγC_W(f(i)ᵀQ^{ac}μ^{cᵀ}ε̃_k + ε̃_iᵀμ^aQ^{ac}f(k)) + rγ²q,
+        α^{ac} = C_W²(Θ_ac⟨σ_{a'}σ'_aσ'_cσ_{c'}⟩ + r μ^aQ^{ac}μ^{cᵀ}),  μ^c_{c'β} = E[σ_{c'}σ'_c f_β],
 
-def _reduce_form(Q: Tensor, keep: Tensor, s_means: Tensor) -> Tensor:
-    """The form over the basis of layer ℓ+1, (1, z_kept, z^{(ℓ+1)}, s_kept), from the full one
-    (1, z_{path+ℓ}, z^{(ℓ+1)}, s_{path+ℓ}): a dropped layer's z (its correlation with the later
-    path is below the cutoff) goes, its s becomes its mean ⟨s⟩ (a constant)."""
-    h1 = keep.shape[0]  # layers of the path of ℓ+1 before the cut: path of ℓ, and ℓ
+    and F[a, b, c, d] = n E[Ĥ_ik;ac z_i;b z_k;d] = ν^bᵀQ'^{ac}ν^d, ν^b_β = E[f_β z^{(ℓ+1)}_b]."""
+    i = layer - 1
+    C_W, C_b, gamma = net.C_W[i], net.C_b[i], net.skip[i]
+    r = width_ratio(net, layer)
+    t = m.fluctuation_terms
+    N, K, Th = m.N, m.K, prev.Theta
+    h = prev.path_K.shape[0]
+    Km, g = prev.path_K, prev.path_g
+    P1 = t["P1"]  # ⟨∂_β(σ'_aσ_b)⟩ (a, b, β)
+    S1 = m.local.mean(0, 1)  # ⟨σ_aσ'_b⟩
+    G = C_b + C_W * m.ss
+    Ginv = torch.linalg.inv(G)
+    hN, hN2, N2 = h * N, h * N * N, N * N
+    D_old = 1 + hN + N + hN2
+    D_full = 1 + hN + 2 * N + hN2 + N2
+    zc, zn, sp, sc = 1 + hN, 1 + hN + N, 1 + hN + 2 * N, 1 + hN + 2 * N + hN2  # block starts
+    # μ^c over the old basis: (c, c', D_old)
+    mu = torch.zeros((N, N, D_old), dtype=torch.float64)
+    mu[:, :, 0] = S1.T
+    if h:
+        mu[:, :, 1:zc] = torch.einsum("m,meb,kcb->kcme", g, Km, P1).reshape(N, N, hN)
+        E_s = _mixed_path_products(m.act, Km, g, K, m.tol)  # (m, c, c', e1, e2)
+        mu[:, :, zc + N :] = E_s.permute(1, 2, 0, 3, 4).reshape(N, N, hN2)
+    mu[:, :, zc : zc + N] = torch.einsum("eb,kcb->kce", K, P1)
+    Q = prev.Fq  # (a, c, D_old, D_old)
+    old = torch.cat([torch.arange(zn), torch.arange(sp, sp + hN2)])  # old basis → full
+    Qe = torch.zeros((N, N, D_full, D_full), dtype=torch.float64)
+    Qe[:, :, old[:, None], old[None, :]] = Q
+    mue = torch.zeros((N, N, D_full), dtype=torch.float64)
+    mue[:, :, old] = mu
+    E = torch.zeros((N, D_full), dtype=torch.float64)  # ε̃ = E f
+    E[:, zn : zn + N] = Ginv
+    E[:, zc : zc + N] = -gamma * Ginv
+    four = t["ddss"]  # ⟨σ'_aσ'_cσ_{a'}σ_{c'}⟩ indexed (a, c, a', c')
+    muQmu = torch.einsum("axu,acuv,cyv->acxy", mue, Qe, mue)
+    alpha = C_W**2 * (Th[:, :, None, None] * four + r * muQmu)
+    Qn = torch.einsum("xu,acxy,yv->acuv", E, alpha, E)
+    # s_{c'c}(i) ε̃_{k;c'}: the s^{(ℓ)} row of index (c', c) meets ε̃_{c'}
+    Ssel = torch.zeros((N, D_full, N), dtype=torch.float64)  # (c, full row, c')
+    cc = torch.arange(N)
+    for_c = sc + cc[None, :] * N + cc[:, None]  # (c, c') → index of s_{c'c}
+    Ssel[cc[:, None], for_c, cc[None, :]] = 1.0
+    SE = torch.einsum("cuy,yv->cuv", Ssel, E)  # (c, D, D)
+    two = gamma * C_W * Th[:, :, None, None] * SE[None, :, :, :]  # f(i)ᵀ S^c E f(k)
+    three = gamma * C_W * Th[:, :, None, None] * SE[:, None].transpose(-1, -2)
+    Qn = Qn + two + three
+    QmuE = torch.einsum("acuw,cyw,yv->acuv", Qe, mue, E)
+    # the mirror ε̃_iᵀμ^aQ^{ac}f(k) is the (k, i) term of QmuE^{ca}, as Q^{ac} = (Q^{ca})ᵀ
+    Qn = Qn + r * gamma * C_W * (QmuE + QmuE.permute(1, 0, 3, 2)) + r * gamma**2 * Qe
+    # ν^b over the full basis
+    nu = torch.zeros((N, D_full), dtype=torch.float64)
+    if h:
+        nu[:, 1:zc] = (gamma * g[:, None, None] * Km).permute(2, 0, 1).reshape(N, hN)
+        P1m = prev.path_P1  # (m, a, b, β)
+        s_z = torch.einsum("m,mbq,mxeq->bmex", g, Km, P1m)  # E[σ_eσ'_x(z^{(m)}) z^{(ℓ)}_b]
+        nu[:, sp:sc] = gamma * s_z.reshape(N, hN2)
+    nu[:, zc:zn] = gamma * K
+    nu[:, zn : zn + N] = G + gamma**2 * K
+    nu[:, sc:] = gamma * torch.einsum("bq,xeq->bex", K, P1).reshape(N, N2)
+    F = torch.einsum("bu,acuv,dv->abcd", nu, Qn, nu)
+    # reduce to the basis of layer ℓ+1: (1, z_kept, z^{(ℓ+1)}, s_kept)
+    s_means = torch.cat([prev.path_s1, S1[None]])  # (h + 1, e1, e2)
     k = int(keep.sum())
-    T = torch.zeros((2 * k + 2, 2 * h1 + 2), dtype=torch.float64)  # full function → new basis
-    T[0, 0] = 1.0
-    zk = torch.nonzero(keep).flatten()
-    T[1 + torch.arange(k), 1 + zk] = 1.0
-    T[k + 1, h1 + 1] = 1.0
-    T[k + 2 + torch.arange(k), h1 + 2 + zk] = 1.0
+    kept = torch.nonzero(keep).flatten()
     dropped = torch.nonzero(~keep).flatten()
-    T[0, h1 + 2 + dropped] = s_means[dropped]
-    return T @ Q @ T.T
+    T = torch.zeros((1 + (k + 1) * N + k * N2, D_full), dtype=torch.float64)
+    T[0, 0] = 1.0
+    ar, ar2 = torch.arange(N), torch.arange(N2)
+    for j_new, j in enumerate(kept.tolist()):  # ≤ depth layers: the form's blocks
+        T[1 + j_new * N + ar, 1 + j * N + ar] = 1.0
+        T[1 + (k + 1) * N + j_new * N2 + ar2, sp + j * N2 + ar2] = 1.0
+    T[1 + k * N + ar, zn + ar] = 1.0
+    for j in dropped.tolist():
+        T[0, sp + j * N2 + ar2] = s_means[j].reshape(N2)
+    Fq = torch.einsum("xu,acuv,yv->acxy", T, Qn, T)
+    P1s = torch.cat([prev.path_P1, P1[None]])[keep]
+    return {"F": F, "Fq": Fq, "path_P1": P1s, "path_s1": s_means[keep]}
 
 
 def _zero_fluctuations(net: MLP, g: Tensor) -> dict[str, Tensor]:
@@ -818,7 +833,7 @@ def ntk_fluctuations(
     >>> fl = pdlt.ntk_fluctuations(net, np.ones((1, 4)))
     >>> fl.A[:, 0, 0, 0, 0]        # 0, 13, 61, 166, 350
     """
-    xt = fluctuation_inputs(net, x, "ntk_fluctuations", residual_inputs=1)
+    xt = fluctuation_inputs(net, x, "ntk_fluctuations", residual_inputs=MAX_FLUCTUATION_INPUTS)
     N = xt.shape[0]
     with warnings.catch_warnings(record=True) as caught:  # one warning per kind, not per layer
         warnings.simplefilter("always")
