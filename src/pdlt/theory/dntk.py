@@ -197,7 +197,7 @@ def residual_dntk_step(
         E = path_expectations(m.act, prev.path_K, gm, K, pairs)
     else:
         E = {p: torch.zeros(0, dtype=torch.float64) for p in pairs}
-    cb, beta = prev.path_cb, prev.B[0, 0, 0, 0]
+    cb, beta = prev.path_cb.reshape(-1), prev.B[0, 0, 0, 0]  # one input: (h, 1, 1, 1, 1)
     E_dphi_d = (cb * (E[("dd", "dd")] - E[("dd", "1")] * dd)).sum()  # E[σ'²φ_b] = y_b
     E_uphi = (cb * (E[("dd", "u")] - E[("dd", "1")] * m_u)).sum()  # E[u φ_b]
     # ---- p: Π over left (z_path, z_ℓ) and right (1, u_path, d_path)
@@ -227,7 +227,7 @@ def residual_dntk_step(
     Eg = torch.cat([one, E[("u", "1")], m_u * one, E[("dd", "1")], dd * one])
     new_P = EzL @ Pi_new @ Eg
     # ---- κ over (1, z_path, z_ℓ, s_path, t_path); F's form Q over (1, z_path, z_ℓ, s_path)
-    Qf, kappa = prev.Fq, prev.kappa
+    Qf, kappa = prev.Fq[0, 0], prev.kappa  # F's form of the one input pair (a, c) = (0, 0)
     mu = torch.cat([m_s * one, gm * Km * P1, K * P1 * one, E[("s", "s")]])
     mu_t = torch.cat([m_t * one, gm * Km * Pt, K * Pt * one, E[("s", "t")]])
     Es_h = torch.cat([m_s * one, gm * Km * P1, K * P1 * one, E[("s", "s")], E[("t", "s")]])

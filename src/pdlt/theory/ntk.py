@@ -188,16 +188,16 @@ def fluctuation_inputs(
     if net.residual and residual_inputs == 0:
         require_plain(net, what)
     xt = validate_inputs(net, x)
+    if xt.shape[0] > MAX_FLUCTUATION_INPUTS:
+        raise ValueError(
+            f"{what} supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {xt.shape[0]} (its "
+            "four-input Gaussian integrals cost O(N⁴)); call it on subsets of the inputs"
+        )
     if net.residual and xt.shape[0] > residual_inputs:
         raise NotImplementedError(
             f"{what} of residual MLPs is derived for at most {residual_inputs} input(s) (the "
             f"path recursion of one input), got {xt.shape[0]}; call it on one input at a time "
             "(the multi-input cross terms are not derived)"
-        )
-    if xt.shape[0] > MAX_FLUCTUATION_INPUTS:
-        raise ValueError(
-            f"{what} supports at most {MAX_FLUCTUATION_INPUTS} inputs, got {xt.shape[0]} (its "
-            "four-input Gaussian integrals cost O(N⁴)); call it on subsets of the inputs"
         )
     return xt
 
@@ -351,7 +351,8 @@ def fluctuation_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) ->
 
 
 # --------------------------------------------------------------------------------------------
-# residual networks (one input): each neuron's path through the skips
+# residual networks: each neuron's path through the skips (written for one input; the N-input
+# form, below, is the same bookkeeping over input pairs)
 #
 # With z^{(ℓ+1)} = b + Wσ(z^{(ℓ)}) + γz^{(ℓ)}, differentiating gives dz^{(ℓ+1)}_i/dθ =
 # Σ_j (W_ij σ'_j + γδ_ij) dz^{(ℓ)}_j/dθ + (direct), so (N = 1, i ≠ k, u_{k;l} = σ'_l Ĥ_lk)
@@ -393,8 +394,24 @@ def fluctuation_step(net: MLP, layer: int, prev: LayerState, m: LayerMoments) ->
 #   α = C_W²(Θ⟨σ²σ'²⟩ + r μᵀQμ)/G²,   μ_a = E[s^{(ℓ)} f_a],
 #
 # and F = n E[Ĥ_ik z_i z_k] = νᵀQν, ν_a = E[f_a z^{(ℓ)}]. At γ = 0 all four reduce to the book's
-# plain recursions (eqs. 8.x, :func:`fluctuation_step`). Derived for one input: the multi-input
-# form needs the same bookkeeping over input tuples and is refused.
+# plain recursions (eqs. 8.x, :func:`fluctuation_step`).
+#
+# N inputs. The same steps over input tuples (dz'_{i;a}/dθ = Σ_j (W_ij σ'_{j;a} + γδ_ij) dz_{j;a}/dθ
+# + direct):
+# A, D: χ, ψ, e are vectors over input pairs p = (a, b) (the vertex's layout), a = diag(γ² +
+#   C_W⟨σ'_aσ'_b⟩), b_pq = ∂⟨X_p⟩/∂K_q = λ_W⟨∂∂σσ⟩ + C_WΘ_p⟨∂∂σ'σ'⟩ in the symmetric variables
+#   (½⟨∂_c²⟩ on the diagonal), so the products above become matrix products (aAaᵀ, aΞbᵀ, …), the
+#   path coefficients of χ on φ_ss, φ_dd of each layer are P×P, the cross-layer covariances
+#   Cov(x_r(z^{(m)}), y_q(z^{(ℓ)})), x, y ∈ {σσ, σ'σ'}, four-input expectations
+#   (:func:`path_slot_covariances`), and Cov(e_p, z_cz_d) = Σ K_ce K_df ⟨∂_e∂_f e_p⟩ (Stein).
+# B: b(i, k)_{abcd} = n E[Ĥ_ik;ac Ĥ_ik;bd | paths] = β + φ_R(i) + φ_L(k) with φ_L;abcd = φ_R;cdab:
+#   B' = C_W²Θ_acΘ_bd(⟨σ'_aσ'_bσ'_cσ'_d⟩ + (γ²/C_W)(D_ab + D_cd)) + r[a_ab a_cd β
+#        + C_W a_cd E[σ'_aσ'_b φ_R] + C_W a_ab E[σ'_cσ'_d φ_L]],   a_ab = γ² + C_W D_ab,
+#   φ_R' = rγ² a_cd φ_R + γ²C_WΘ_acΘ_bd φ_dd;cd(z^{(ℓ)}),  D_ab = ⟨σ'_aσ'_b⟩.
+# F: q(i, k)_{ac} = n E[Ĥ_ik;ac | paths] = f(i)ᵀQ^{ac}f(k), f = (1, z^{(m)}_e, s^{(m)}_{e1e2} =
+#   σ_{e1}σ'_{e2}(z^{(m)})) for every input; E[W_ij | ε_i] = c σ_jᵀG⁻¹ε_i (G the N×N innovation
+#   covariance) turns ε/G into ε̃ = G⁻¹ε and s into s_{c'c}: see :func:`_residual_F`.
+# On one input each reduces to the recursion above (the same code runs both).
 
 
 def _path_rule(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> tuple[Tensor, ...]:
@@ -439,34 +456,6 @@ def path_expectations(
     return {(f, g): (w * at_u[f] * at_v[g]).sum(dim=1) for f, g in pairs}
 
 
-def path_moments(act: object, path_K: Tensor, path_g: Tensor, K: Tensor) -> dict[str, Tensor]:
-    """Cross-layer Gaussian expectations of one path, one input, per earlier layer m (h,):
-    covariances ``ss_ss`` = Cov(σ²(z^{(m)}), σ²(z^{(ℓ)})), ``ss_dd``, ``dd_ss``, ``dd_dd``
-    (σ'² in the second slot or first), and ``s_s`` = E[s(z^{(m)}) s(z^{(ℓ)})], ``s_z`` =
-    E[s(z^{(m)}) z^{(ℓ)}], ``s`` = E[s(z^{(m)})], s = σσ'."""
-    u, v, w = _path_rule(act, path_K, path_g, K)
-    f0, f1 = act.derivative(0), act.derivative(1)
-    su, sv, du, dv = f0(u), f0(v), f1(u), f1(v)
-    sq_u, sq_v, dq_u, dq_v = su * su, sv * sv, du * du, dv * dv
-
-    def E(x: Tensor) -> Tensor:
-        return (w * x).sum(dim=1)
-
-    def cov(x: Tensor, y: Tensor) -> Tensor:
-        return E(x * y) - E(x) * E(y)
-
-    s_u, s_v = su * du, sv * dv
-    return {
-        "ss_ss": cov(sq_u, sq_v),
-        "ss_dd": cov(sq_u, dq_v),
-        "dd_ss": cov(dq_u, sq_v),
-        "dd_dd": cov(dq_u, dq_v),
-        "s_s": E(s_u * s_v),
-        "s_z": E(s_u * v),
-        "s": E(s_u),
-    }
-
-
 def _slot_products(act: object, big: Tensor, idx: Tensor, orders: tuple[int, ...], tol: float):
     """⟨Π_s σ^{(orders[s])}(z_{idx[t, s]})⟩ over the block kernel ``big`` for rows whose only
     repeated indices are within slots (0, 1) and within slots (2, 3) (a pair of one layer):
@@ -503,7 +492,7 @@ def path_slot_covariances(
 ) -> dict[str, Tensor]:
     """Cross-layer covariances of one path over input pairs, per earlier layer m (h, P, P):
     ``xy`` = Cov(x_r(z^{(m)}), y_q(z^{(ℓ)})) for x, y ∈ {s: σ_aσ_b, d: σ'_aσ'_b} (pairs r, q),
-    the multi-input form of :func:`path_moments`' ss_ss, ss_dd, dd_ss, dd_dd."""
+    for the χ and φ_b bookkeeping of :func:`_residual_ADB`."""
     h, N = path_K.shape[0], K.shape[0]
     pairs, _ = input_pairs(N)
     P = pairs.shape[0]
@@ -690,7 +679,7 @@ def _residual_F(
 ) -> dict[str, Tensor]:
     """F^{(ℓ+1)} and the forms Q^{ac} of q(i, k)_{ac} = n E[Ĥ_ik;ac | paths] over the basis
     f = (1, z_path, z^{(ℓ)}, s_path) with s_{e1e2} = σ_{e1}σ'_{e2} (N² per layer); see the
-    comment above :func:`_path_rule` (one input) — on N inputs ε̃ = G⁻¹ε replaces ε/G, and
+    comment above :func:`_path_rule` (written there for one input) — on N inputs ε̃ = G⁻¹ε replaces ε/G, and
     the s functions, the μ's and α carry input indices:
 
         q' = ε̃_iᵀα^{ac}ε̃_k + γC_WΘ_ac(ε̃_k·s_{·c}(i) + ε̃_i·s_{·a}(k))
@@ -801,12 +790,14 @@ def ntk_fluctuations(
     :func:`pdlt.four_point_vertex`, book §4.3) from A = B = D = F = V = 0 at layer 1, so layer 2
     is exact at O(1/n_1).
 
-    Residual MLPs (``net.skip``): one input, by the per-neuron path recursion derived above
+    Residual MLPs (``net.skip``): by the per-neuron path recursion derived above
     :func:`residual_fluctuation_step` (each neuron's influence χ on the shared NTK beside its
     influence ψ on the shared kernel, and the path-conditional forms of n E[Ĥ_ik²] and
     n E[Ĥ_ik]); A, B, D, F are then the distinct-neuron moments of the class docstring
-    (n Cov(Ĥ_ii, Ĥ_kk), n E[Ĥ_ik²], n Cov(Ĥ_ii, z_k²), n E[Ĥ_ik z_i z_k]). More than one
-    input raises NotImplementedError (the multi-input path terms are not derived). Two-point means and all Stein projections are 1- or 2-D kink-split
+    (n Cov(Ĥ_ii, Ĥ_kk), n E[Ĥ_ik²], n Cov(Ĥ_ii, z_k²), n E[Ĥ_ik z_i z_k]), on up to 8 inputs
+    (the cross-layer four-input expectations: relu family in closed form, smooth σ by
+    cubature; other kinked σ such as ELU by the kinked cubature, measured 6e-4–1e-2 relative
+    on four distinct correlated variables, :mod:`pdlt.gaussian.products`). Two-point means and all Stein projections are 1- or 2-D kink-split
     Gauss–Legendre quadratures over one pair of inputs (derivatives of kinked σ enter through
     Stein's lemma, so ReLU is exact); four-point functions over three or four distinct inputs use
     the cubature of :func:`pdlt.gaussian.expect_product` (≲1e-7 smooth σ, ≲1e-6 kinked σ).
