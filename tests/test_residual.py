@@ -79,8 +79,8 @@ def test_theory_residual_steps_exact_cases():
     assert np.allclose(np.diff(V[1:]), 2 * (1 - g**4))
     th = pdlt.ntk(net, x).Theta[:, 0, 0]  # Θ' = 1 + K + (C_W + γ²)Θ = 1 + K + Θ
     assert np.allclose(np.diff(th), 1 + K[0])
-    with pytest.raises(NotImplementedError, match="residual"):  # one input only (path form)
-        pdlt.ntk_fluctuations(net, np.array([[1.0], [-0.5]]))
+    with pytest.raises(NotImplementedError, match="residual"):  # dNTK: one input only
+        pdlt.dntk(net, np.array([[1.0], [-0.5]]))
 
 
 @pytest.mark.slow

@@ -137,6 +137,14 @@ def _two_inputs(dim: int, cosine: float = 0.6) -> np.ndarray:
     return np.sqrt(dim) * np.stack([u, v])
 
 
+def _rotated_pair(x: np.ndarray, cosine: float) -> np.ndarray:
+    """x and x turned by arccos(cosine) in its first two coordinates (same norm)."""
+    c, s = cosine, np.sqrt(1 - cosine**2)
+    y = x.copy()
+    y[0], y[1] = c * x[0] - s * x[1], s * x[0] + c * x[1]
+    return np.stack([x, y])
+
+
 @pytest.mark.parametrize("act,C_W", [("relu", 1.5), ("tanh", 0.75)])
 def test_residual_layer_two_is_exact_two_inputs(act, C_W):
     """Two inputs at cosine 0.6, input_dim = width so layer 2 is residual (γ = 0.5): every
@@ -259,10 +267,13 @@ def test_critical_residual_two_inputs_mc_two_widths(act):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("inputs", [1, 2])
 @pytest.mark.parametrize("act", ["relu", "tanh", "gelu"])
-def test_mixed_skips_mc_two_widths(act):
+def test_mixed_skips_mc_two_widths(act, inputs):
     """Per-layer γ = (0.5, 0.7, plain, 0.6, plain output), C_b = 0.1, λ_b = 0.6, λ_W = 1.3,
-    C_W = 0.8 (off criticality), n = 32 and 64, 20000 networks each."""
+    C_W = 0.8 (off criticality), n = 32 and 64, 20000 networks each; one input, and two at
+    cosine 0.6 (every entry)."""
+    x = X1 if inputs == 1 else _rotated_pair(X1[0], 0.6)
 
     def net_of(w):
         return pdlt.MLP(
@@ -270,7 +281,7 @@ def test_mixed_skips_mc_two_widths(act):
             skip=[0, 0.5, 0.7, 0, 0.6, 0],
         )  # fmt: skip
 
-    _check_two_widths(net_of, X1, (32, 64), 20000, seed=100)
+    _check_two_widths(net_of, x, (32, 64), 20000, seed=100)
 
 
 # --------------------------------------------------------------------------------------------
