@@ -1,5 +1,5 @@
 """NTK fluctuations D, F, A, B (one and several inputs) and dNTK statistics P, Q (one input) of
-residual MLPs (each neuron's path through the skips, pdlt.theory.ntk and pdlt.theory.dntk): the
+residual MLPs (each neuron's path through the skips, pdlt.theory.residual_ntk and pdlt.theory.dntk): the
 γ → 0 limit is the book's plain recursion, several inputs restrict to one, layer 2 is exact at O(1/n_1), and Monte Carlo on real torch networks at
 two widths (slow).
 
@@ -60,7 +60,7 @@ def test_path_slot_covariances_agree_with_the_other_engines(name):
     import torch
 
     from pdlt.gaussian import LayerMoments
-    from pdlt.theory.ntk import path_expectations, path_slot_covariances
+    from pdlt.theory.residual_ntk import path_expectations, path_slot_covariances
     from pdlt.theory.vertex import path_covariance
 
     act = pdlt.activation(name)

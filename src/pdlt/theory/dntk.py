@@ -48,7 +48,8 @@ from pdlt._tables import long_frame
 from pdlt.gaussian import LayerMoments
 from pdlt.network import MLP
 from pdlt.theory.layers import LayerState, Recursion, gram, propagate, width_ratio
-from pdlt.theory.ntk import FLUCTUATIONS, fluctuation_inputs, path_expectations
+from pdlt.theory.ntk import FLUCTUATIONS, fluctuation_inputs
+from pdlt.theory.residual_ntk import path_expectations
 from pdlt.theory.vertex import CORRECTION, extended_path, pairs_to_tensor
 
 Tensor = torch.Tensor
