@@ -93,8 +93,9 @@ def test_learning_rate_dependence_of_fully_trained_networks_slow():
     n = 16 and 32 (~50 s): the measured n·E[z_η1 − z_η2] on the test input differs from 0 by
     > 4 se and agrees with the predicted 0.133 within 4 se + (ℓ/n)·|prediction|; so does
     n·(Var_η1 − Var_η2) with the predicted 0.292. Measured (seed 7): n·E[Δ] = 0.081 ± 0.010,
-    0.089 ± 0.009 at n = 16, 32 (0.104 ± 0.011, 0.126 ± 0.011, 0.120 ± 0.010 at n = 48, 64, 128 with 2000
-    networks); n·ΔVar = 0.229 ± 0.021, 0.255 ± 0.020 (0.311 ± 0.040, 0.280 ± 0.027, 0.293 ± 0.027)."""
+    0.089 ± 0.009 at n = 16, 32 (0.104 ± 0.011, 0.126 ± 0.011, 0.120 ± 0.010 at n = 48, 64,
+    128 with 2000 networks); n·ΔVar = 0.229 ± 0.021, 0.255 ± 0.020 (0.311 ± 0.040, 0.280 ±
+    0.027, 0.293 ± 0.027)."""
     dm, dv = _predicted_difference()
     for width in (16, 32):
         m, m_err, v, v_err = _measured_difference(width, 4000)
