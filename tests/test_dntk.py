@@ -77,16 +77,23 @@ def test_structured_equals_nested_autograd_residual(act):
     x = validate_inputs(net, np.random.default_rng(1).normal(size=(2, 3)))
     chunk = next(forward_chunks(net, x, 2, seed=7, dtype=torch.float64))
     for layer, idx in [(2, [3, 1]), (5, [0, 3])]:
-        out = chunk_dntk(net, chunk, layer, idx)
-        for m in range(2):
-            ref = _autograd_dntk(net, chunk, m, x, layer, idx)
-            for name, r in ref.items():
-                want = _book_order(r, len(idx), 2)
-                scale = max(1.0, want.abs().max().item())
-                torch.testing.assert_close(out[name][m], want, rtol=0, atol=1e-13 * scale)
+        _assert_equals_autograd(net, chunk, x, layer, idx)
     H = pdlt.empirical_ntk(net, x, 2, seed=7, dtype="float64").H
     dn = pdlt.empirical_dntk(net, x, 2, seed=7, dtype="float64", ddntk=False)
     torch.testing.assert_close(dn.H, H, rtol=0, atol=1e-12)
+
+
+def _assert_equals_autograd(net, chunk, x, layer: int, idx: list) -> dict:
+    """chunk_dntk of both networks of a chunk against nested autograd, to round-off; returns
+    the structured result."""
+    out = chunk_dntk(net, chunk, layer, idx)
+    for m in range(2):
+        ref = _autograd_dntk(net, chunk, m, x, layer, idx)
+        for name, r in ref.items():
+            want = _book_order(r, len(idx), 2)
+            scale = max(1.0, want.abs().max().item())
+            torch.testing.assert_close(out[name][m], want, rtol=0, atol=1e-13 * scale)
+    return out
 
 
 def _book_order(t: torch.Tensor, k: int, N: int) -> torch.Tensor:
@@ -114,13 +121,7 @@ def test_structured_equals_nested_autograd(act):
     x = validate_inputs(net, np.random.default_rng(0).normal(size=(2, 3)))
     chunk = next(forward_chunks(net, x, 2, seed=5, dtype=torch.float64))
     for layer, idx in [(1, [1, 0]), (2, [3, 1]), (3, [2, 0]), (4, [0, 1, 2])]:
-        out = chunk_dntk(net, chunk, layer, idx)
-        for m in range(2):
-            ref = _autograd_dntk(net, chunk, m, x, layer, idx)
-            for name, r in ref.items():
-                want = _book_order(r, len(idx), 2)
-                scale = max(1.0, want.abs().max().item())
-                torch.testing.assert_close(out[name][m], want, rtol=0, atol=1e-13 * scale)
+        out = _assert_equals_autograd(net, chunk, x, layer, idx)
         if layer == 1:  # z^{(1)} is linear in the parameters
             assert out["dH"].abs().max() == 0 and out["ddII"].abs().max() == 0
 
