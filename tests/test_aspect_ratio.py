@@ -47,6 +47,14 @@ def test_experiment_records_trained_networks_and_r_star(tmp_path):
     assert "plain-MLP rule" in g.note
 
 
+def test_experiment_without_nu_runs_and_says_why():
+    """ELU has a critical point but no derived ν: the curve is trained, r* is None, the note says
+    why (this used to fail on an unbound ν)."""
+    res = pdlt.aspect_ratio_experiment("elu", 2000, (0.5,), **_SMALL)
+    assert res.r_star is None and res.nu is None and res.note.startswith("no r*")
+    assert np.isfinite(res.test_loss).all()
+
+
 def test_experiment_errors():
     with pytest.raises(ValueError, match="no critical initialization"):
         pdlt.aspect_ratio_experiment("sigmoid", 2000, **_SMALL)

@@ -257,10 +257,10 @@ def aspect_ratio_experiment(
     Y, Yt = one_hot_targets(y, N_CLASSES), one_hot_targets(yt, N_CLASSES)
     n0 = X.shape[1]
     shapes = shapes_for_ratios(r.ravel().tolist(), budget, n0, N_CLASSES)
+    nu, note = cp.vertex_growth, ""
     try:
-        r_star, nu, note = optimal_aspect_ratio(activation, N_CLASSES, skip=gamma), None, ""
-        nu = cp.vertex_growth
-    except ValueError as exc:
+        r_star = optimal_aspect_ratio(activation, N_CLASSES, skip=gamma)
+    except ValueError as exc:  # no ν for this activation (ELU): the curve without r*
         r_star, note = None, f"no r*: {exc}"
     input_norm = 1.0  # |x|² = n_0 after standardization
     out = {k: np.full((len(shapes), M), np.nan) for k in ("test", "acc", "train", "init")}
