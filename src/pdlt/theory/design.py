@@ -201,14 +201,7 @@ def _initialization(act, cp, skip: float) -> tuple[float, float, float | None, s
             f"C_b, C_W: criticality χ_∥ = χ_⊥ = 1 of the {cp.universality_class} class "
             f"(pdlt.critical_point{', skip = γ, scaled by 1 − γ², eqs. B.20–B.21' if skip else ''})"
         )
-        if nu is None and skip != 0.0:
-            nu = critical_point(act).vertex_growth
-            warn.append(
-                f"ν(γ) is not available for {cp.activation} at γ = {skip:g} (the residual "
-                "vertex recursion has no closed slope for this class): r* uses the plain ν(0), "
-                "a rough guide (the skip can raise ν as well as lower it: ReLU ν(0.25) = 6.13 "
-                "> ν(0) = 5)"
-            )
+        # ν(γ) is None exactly where the plain ν is (ELU's kink): the sizing says so below
         return cp.C_b, cp.C_W, nu, reason, warn
     f = 1.0 - skip * skip
     line = critical_line(act, 0.0)

@@ -90,12 +90,12 @@ def architecture_section(config: ReportConfig) -> Section:
         )
         if defined.all()
         else (
-            "ν, hence r*, is only drawn where the theory gives it: "
+            "ν, hence r*, is not drawn: "
             + (
-                "at γ = 0 (the residual vertex recursion has no closed slope for this class; "
-                "pdlt.four_point_vertex gives V of any residual network)."
-                if defined[0]
-                else "nowhere for this activation (no criticality)."
+                "the theory gives no ν for this activation, plain or residual "
+                "(pdlt.four_point_vertex gives V of any residual network)."
+                if critical_point(act).exists
+                else "there is no criticality for this activation."
             )
         )
     )

@@ -218,45 +218,31 @@ def _trained_mean(config: ReportConfig, x: np.ndarray, summary: list):
         mean, err = ens.mean()
         mean, err = mean[:, 0], err[:, 0]
         var, var_err = (a[:, 0] for a in ens.variance())
-        if j == 0:
-            ax.plot(idx, w * (m_fw - m_inf), "k_", ms=22, mew=2, label="theory (× n)")
-            axv.plot(idx, w * (v_fw - v_inf), "k_", ms=22, mew=2, label="theory (× n)")
-        axv.errorbar(
-            idx + offset(j, len(WIDTHS)),
-            w * (var - v_inf),
-            yerr=w * var_err,
-            fmt="o",
-            color=f"C{j}",
-            capsize=2,
-            label=f"real networks, n = {w}",
+        panels = (
+            ("mean", ax, m_inf, m_fw, mean, err, m_fw - m_inf, "kernel prediction"),
+            ("variance", axv, v_inf, v_fw, var, var_err, v_fw.max(), "infinite-width Σ(t)"),
         )
-        ax.errorbar(
-            idx + offset(j, len(WIDTHS)),
-            w * (mean - m_inf),
-            yerr=w * err,
-            fmt="o",
-            color=f"C{j}",
-            capsize=2,
-            label=f"real networks, n = {w}",
-        )
-        frame = comparison_frame("trained_mean", 3, m_fw, mean, err, scale=m_fw - m_inf)
-        summary.append(
-            summary_row(
-                f"trained mean at O(1/n), t={TRAIN_STEPS}, n={w}",
-                f"max |measured − 1/n theory| = {np.abs(mean - m_fw).max():.3g} "
-                f"(kernel prediction off by {np.abs(mean - m_inf).max():.3g})",
-                bool(agreement(frame, net).all()),
+        for what, a, inf, fin, meas, e, scale, base in panels:
+            if j == 0:
+                a.plot(idx, w * (fin - inf), "k_", ms=22, mew=2, label="theory (× n)")
+            a.errorbar(
+                idx + offset(j, len(WIDTHS)),
+                w * (meas - inf),
+                yerr=w * e,
+                fmt="o",
+                color=f"C{j}",
+                capsize=2,
+                label=f"real networks, n = {w}",
             )
-        )
-        vframe = comparison_frame("trained_variance", 3, v_fw, var, var_err, scale=v_fw.max())
-        summary.append(
-            summary_row(
-                f"trained variance at O(1/n), t={TRAIN_STEPS}, n={w}",
-                f"max |measured − 1/n theory| = {np.abs(var - v_fw).max():.3g} "
-                f"(infinite-width Σ(t) off by {np.abs(var - v_inf).max():.3g})",
-                bool(agreement(vframe, net).all()),
+            frame = comparison_frame(f"trained_{what}", 3, fin, meas, e, scale=scale)
+            summary.append(
+                summary_row(
+                    f"trained {what} at O(1/n), t={TRAIN_STEPS}, n={w}",
+                    f"max |measured − 1/n theory| = {np.abs(meas - fin).max():.3g} "
+                    f"({base} off by {np.abs(meas - inf).max():.3g})",
+                    bool(agreement(frame, net).all()),
+                )
             )
-        )
         for k in idx:
             rows.append(
                 {

@@ -414,7 +414,7 @@ def critical_point(activation: ActivationLike, *, skip: float = 0.0) -> Critical
     )
     if nu is None:
         note += (
-            " ν(γ) not given: the residual vertex recursion has no closed slope for this class "
+            " ν(γ) not given: nor is the plain ν for this activation "
             "(run pdlt.four_point_vertex on a deep residual network)."
         )
     return replace(cp, C_b=cp.C_b * f, C_W=cp.C_W * f, vertex_growth=nu, skip=g, note=note.strip())
